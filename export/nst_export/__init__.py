@@ -1,0 +1,1 @@
+"""Build-time tooling: VGG19 (PyTorch) to ONNX graphs that compute Gatys targets, loss and gradient."""

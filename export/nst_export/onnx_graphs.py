@@ -1,0 +1,328 @@
+"""Build the two ONNX graphs from VGG19's weights: targets, and loss with its gradient.
+
+The backward pass is written out as ordinary ONNX operators, so the server needs no autograd:
+- conv (3x3, stride 1, pad 1): the input gradient is the same convolution with the kernel flipped in
+  space and its in/out channels swapped; ONNX Runtime folds that weight transform once at load time.
+- ReLU: the gradient passes where the output is positive (PyTorch's rule, so zeros pass nothing).
+- 2x2 pooling: the gradient of each window is scattered back with SpaceToDepth/DepthToSpace. For max
+  pooling it goes to the first maximum in row-major order, PyTorch's tie rule, which matters on flat
+  images such as a gray canvas. Rows and columns that floor-mode pooling drops get zero.
+Image height and width are dynamic; batch is 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from nst_server import manifest as mf
+from onnx import TensorProto, helper, numpy_helper
+
+from .reference import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
+from .vgg import Layer, VGG19Features, deepest_layer
+
+OPSET = 17
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+
+
+@dataclass
+class _Builder:
+    """Accumulates nodes and constants with unique names."""
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    _constants: dict[tuple[str, bytes], str] = field(default_factory=dict)
+    _count: int = 0
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: object) -> str:
+        """Add a node and return its (first) output name."""
+        return self.op_multi(op_type, *inputs, outputs=outputs, **attrs)[0]
+
+    def op_multi(self, op_type: str, *inputs: str, outputs: int, **attrs: object) -> list[str]:
+        names = [self.fresh(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
+        return names
+
+    def const(self, value: np.ndarray, hint: str = "const") -> str:
+        """An initializer; identical small constants are shared."""
+        key = (f"{value.dtype}{value.shape}", value.tobytes()) if value.size <= 16 else None
+        if key is not None and key in self._constants:
+            return self._constants[key]
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(value, name))
+        if key is not None:
+            self._constants[key] = name
+        return name
+
+    def f32(self, value: float) -> str:
+        return self.const(np.array(value, dtype=np.float32))
+
+    def i64(self, *values: int) -> str:
+        return self.const(np.array(values, dtype=np.int64))
+
+    def output(self, tensor: str, name: str) -> None:
+        self.nodes.append(helper.make_node("Identity", [tensor], [name], name=f"out_{name}"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    """Tensor names the backward pass needs from the forward pass."""
+
+    outputs: dict[str, str]  # every layer's output, by layer name
+    inputs: dict[str, str]  # every layer's input, by layer name
+    conv_weights: dict[str, str]
+
+
+def _preprocessing(flavour: mf.Preprocessing) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Per-RGB-channel scale and shift, and the order of conv1_1's input channels, for each flavour.
+
+    Caffe's BGR order is folded into conv1_1's weights (permuting input channels commutes with zero
+    padding; folding the mean into the bias would not, at the borders).
+    """
+    if flavour == "imagenet":
+        std, mean = np.array(IMAGENET_STD), np.array(IMAGENET_MEAN)
+        return (1.0 / std).astype(np.float32), (-mean / std).astype(np.float32), [0, 1, 2]
+    shift = -np.array(CAFFE_MEAN_BGR)[::-1]
+    return np.full(3, 255.0, np.float32), shift.astype(np.float32), [2, 1, 0]
+
+
+def _forward(b: _Builder, model: VGG19Features, pooling: mf.Pooling, flavour: mf.Preprocessing) -> _Forward:
+    scale, shift, channel_order = _preprocessing(flavour)
+    x = b.op("Mul", mf.IMAGE_INPUT, b.const(scale.reshape(1, 3, 1, 1), "pre_scale"))
+    x = b.op("Add", x, b.const(shift.reshape(1, 3, 1, 1), "pre_shift"))
+    params = {layer.name: (w.numpy(), bias.numpy()) for layer, w, bias in model.conv_parameters()}
+    outputs: dict[str, str] = {}
+    inputs: dict[str, str] = {}
+    conv_weights: dict[str, str] = {}
+    for layer in model.layers:
+        inputs[layer.name] = x
+        if layer.kind == "conv":
+            weight, bias = params[layer.name]
+            if layer.name == "conv1_1":
+                weight = weight[:, channel_order]
+            w_name = b.const(np.ascontiguousarray(weight, dtype=np.float32), f"{layer.name}.weight")
+            bias_name = b.const(bias.astype(np.float32), f"{layer.name}.bias")
+            conv_weights[layer.name] = w_name
+            x = b.op("Conv", x, w_name, bias_name, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        elif layer.kind == "relu":
+            x = b.op("Relu", x)
+        else:
+            pool = "MaxPool" if pooling == "max" else "AveragePool"
+            x = b.op(pool, x, kernel_shape=[2, 2], strides=[2, 2])
+        outputs[layer.name] = x
+    return _Forward(outputs, inputs, conv_weights)
+
+
+def _gram(b: _Builder, features: str, channels: int) -> tuple[str, str, str]:
+    """G = F F^T / (N M); also returns F as an N x M matrix and N*M as a float scalar."""
+    matrix = b.op("Reshape", features, b.i64(channels, -1))
+    count = b.op("Cast", b.op("Size", matrix), to=TensorProto.FLOAT)
+    product = b.op("MatMul", matrix, b.op("Transpose", matrix, perm=[1, 0]))
+    return b.op("Div", product, count), matrix, count
+
+
+def _mean_square(b: _Builder, diff: str) -> tuple[str, str]:
+    """mean(diff^2) as a scalar, and the element count as a float scalar."""
+    count = b.op("Cast", b.op("Size", diff), to=TensorProto.FLOAT)
+    return b.op("Div", b.op("ReduceSum", b.op("Mul", diff, diff), keepdims=0), count), count
+
+
+def _layer_weight(b: _Builder, weights_input: str, index: int) -> str:
+    return b.op("Gather", weights_input, b.const(np.array(index, dtype=np.int64)), axis=0)
+
+
+def _add(b: _Builder, total: str | None, term: str) -> str:
+    return term if total is None else b.op("Add", total, term)
+
+
+def _scatter_windows(b: _Builder, pieces: list[str], layer_input: str, pooled: str) -> str:
+    """Inverse of splitting ``layer_input`` into 2x2 windows: place four (1,C,h,w) pieces, pad dropped edges."""
+    full = b.op("DepthToSpace", b.op("Concat", *pieces, axis=1), blocksize=2, mode="DCR")
+    covered = b.op("Mul", b.op("Slice", b.op("Shape", pooled), b.i64(2), b.i64(4)), b.i64(2))
+    remainder = b.op("Sub", b.op("Slice", b.op("Shape", layer_input), b.i64(2), b.i64(4)), covered)
+    pads = b.op("Concat", b.i64(0, 0, 0, 0, 0, 0), remainder, axis=0)
+    return b.op("Pad", full, pads)
+
+
+def _pool_backward(b: _Builder, grad: str, layer_input: str, pooled: str, pooling: mf.Pooling) -> str:
+    if pooling == "avg":
+        quarter = b.op("Mul", grad, b.f32(0.25))
+        return _scatter_windows(b, [quarter] * 4, layer_input, pooled)
+    covered = b.op("Mul", b.op("Slice", b.op("Shape", pooled), b.i64(2), b.i64(4)), b.i64(2))
+    cropped = b.op("Slice", layer_input, b.i64(0, 0), covered, b.i64(2, 3))
+    windows = b.op_multi("Split", b.op("SpaceToDepth", cropped, blocksize=2), outputs=4, axis=1)
+    zero = b.f32(0.0)
+    pieces: list[str] = []
+    taken: str | None = None
+    for position, window in enumerate(windows):
+        if position == 3:
+            chosen = b.op("Not", taken)
+        else:
+            is_max = b.op("Equal", window, pooled)
+            chosen = is_max if taken is None else b.op("And", is_max, b.op("Not", taken))
+            taken = chosen if taken is None else b.op("Or", taken, chosen)
+        pieces.append(b.op("Where", chosen, grad, zero))
+    return _scatter_windows(b, pieces, layer_input, pooled)
+
+
+def _conv_backward(b: _Builder, grad: str, weight: str) -> str:
+    swapped = b.op("Transpose", weight, perm=[1, 0, 2, 3])
+    flipped = b.op("Slice", swapped, b.i64(-1, -1), b.i64(_INT64_MIN, _INT64_MIN), b.i64(2, 3), b.i64(-1, -1))
+    return b.op("Conv", grad, flipped, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+
+
+def _total_variation(b: _Builder, image: str) -> tuple[str, str]:
+    """L_tv and dL_tv/dimage."""
+    loss: str | None = None
+    grad: str | None = None
+    for axis in (2, 3):
+        upper = b.op("Slice", image, b.i64(1), b.i64(_INT64_MAX), b.i64(axis))
+        lower = b.op("Slice", image, b.i64(0), b.i64(-1), b.i64(axis))
+        diff = b.op("Sub", upper, lower)
+        term, count = _mean_square(b, diff)
+        loss = _add(b, loss, term)
+        d_diff = b.op("Mul", diff, b.op("Div", b.f32(2.0), count))
+        before, after = [0] * 8, [0] * 8
+        before[axis], after[axis + 4] = 1, 1
+        shifted = b.op("Sub", b.op("Pad", d_diff, b.i64(*before)), b.op("Pad", d_diff, b.i64(*after)))
+        grad = _add(b, grad, shifted)
+    assert loss is not None
+    assert grad is not None
+    return loss, grad
+
+
+def _image_input() -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(mf.IMAGE_INPUT, TensorProto.FLOAT, [1, 3, "height", "width"])
+
+
+def _feature_info(name: str, layer: Layer) -> onnx.ValueInfoProto:
+    shape: list[int | str] = [1, layer.out_channels, f"{name}.height", f"{name}.width"]
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _gram_info(name: str, layer: Layer) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [layer.out_channels, layer.out_channels])
+
+
+def _scalar_info(name: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [])
+
+
+def _model(b: _Builder, name: str, inputs: list, outputs: list, manifest: mf.Manifest) -> onnx.ModelProto:
+    graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nst_export")
+    helper.set_model_props(model, {mf.METADATA_KEY: manifest.to_json()})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def build_targets_graph(model: VGG19Features, manifest: mf.Manifest) -> onnx.ModelProto:
+    """image -> content features at the content layers and Gram matrices at the style layers."""
+    b = _Builder()
+    forward = _forward(b, model, manifest.pooling, manifest.preprocessing)
+    layer = {layer.name: layer for layer in model.layers}
+    outputs = []
+    for name in manifest.content_layers:
+        b.output(forward.outputs[name], mf.content_target_name(name))
+        outputs.append(_feature_info(mf.content_target_name(name), layer[name]))
+    for name in manifest.style_layers:
+        gram, _, _ = _gram(b, forward.outputs[name], layer[name].out_channels)
+        b.output(gram, mf.gram_target_name(name))
+        outputs.append(_gram_info(mf.gram_target_name(name), layer[name]))
+    return _model(b, "nst_targets", [_image_input()], outputs, manifest)
+
+
+def _loss_gradients(
+    b: _Builder, model: VGG19Features, forward: _Forward, manifest: mf.Manifest
+) -> tuple[str, str, dict[str, str]]:
+    """L_c and L_s (with their per-layer weights) and the gradient of alpha L_c + beta L_s at each layer."""
+    layer = {layer.name: layer for layer in model.layers}
+    grads: dict[str, str] = {}
+    content_loss: str | None = None
+    for index, name in enumerate(manifest.content_layers):
+        diff = b.op("Sub", forward.outputs[name], mf.content_target_name(name))
+        term, count = _mean_square(b, diff)
+        weight = _layer_weight(b, mf.CONTENT_LAYER_WEIGHTS_INPUT, index)
+        content_loss = _add(b, content_loss, b.op("Mul", weight, term))
+        # d(alpha w mean(diff^2))/dF = 2 alpha w diff / count
+        coefficient = b.op("Div", b.op("Mul", b.op("Mul", weight, mf.CONTENT_WEIGHT_INPUT), b.f32(2.0)), count)
+        grads[name] = _add(b, grads.get(name), b.op("Mul", diff, coefficient))
+    style_loss: str | None = None
+    for index, name in enumerate(manifest.style_layers):
+        channels = layer[name].out_channels
+        gram, matrix, count = _gram(b, forward.outputs[name], channels)
+        diff = b.op("Sub", gram, mf.gram_target_name(name))
+        term, _ = _mean_square(b, diff)
+        weight = _layer_weight(b, mf.STYLE_LAYER_WEIGHTS_INPUT, index)
+        style_loss = _add(b, style_loss, b.op("Mul", weight, term))
+        # d(beta w mean(D^2))/dF = 2 beta w / N^2 * (D + D^T) F / (N M), D = G - A
+        scale = b.op("Mul", b.op("Mul", weight, mf.STYLE_WEIGHT_INPUT), b.f32(2.0 / channels**2))
+        symmetric = b.op("Add", diff, b.op("Transpose", diff, perm=[1, 0]))
+        d_matrix = b.op("Mul", b.op("MatMul", symmetric, matrix), b.op("Div", scale, count))
+        d_features = b.op("Reshape", d_matrix, b.op("Shape", forward.outputs[name]))
+        grads[name] = _add(b, grads.get(name), d_features)
+    assert content_loss is not None
+    assert style_loss is not None
+    return content_loss, style_loss, grads
+
+
+def build_loss_graph(model: VGG19Features, manifest: mf.Manifest) -> onnx.ModelProto:
+    """image, targets and weights -> loss, its unweighted terms, and d(loss)/d(image), in one run."""
+    b = _Builder()
+    forward = _forward(b, model, manifest.pooling, manifest.preprocessing)
+    content_loss, style_loss, layer_grads = _loss_gradients(b, model, forward, manifest)
+
+    grad: str | None = None
+    for layer in reversed(model.layers):
+        if layer.name in layer_grads:
+            grad = _add(b, grad, layer_grads[layer.name])
+        if grad is None:
+            continue  # nothing below the deepest loss layer contributes
+        if layer.kind == "relu":
+            grad = b.op("Where", b.op("Greater", forward.outputs[layer.name], b.f32(0.0)), grad, b.f32(0.0))
+        elif layer.kind == "conv":
+            grad = _conv_backward(b, grad, forward.conv_weights[layer.name])
+        else:
+            grad = _pool_backward(b, grad, forward.inputs[layer.name], forward.outputs[layer.name], manifest.pooling)
+    assert grad is not None
+    scale, _, _ = _preprocessing(manifest.preprocessing)
+    image_grad = b.op("Mul", grad, b.const(scale.reshape(1, 3, 1, 1), "pre_scale"))
+    tv_loss, tv_grad = _total_variation(b, mf.IMAGE_INPUT)
+    image_grad = b.op("Add", image_grad, b.op("Mul", tv_grad, mf.TV_WEIGHT_INPUT))
+
+    total = b.op(
+        "Add", b.op("Mul", content_loss, mf.CONTENT_WEIGHT_INPUT), b.op("Mul", style_loss, mf.STYLE_WEIGHT_INPUT)
+    )
+    total = b.op("Add", total, b.op("Mul", tv_loss, mf.TV_WEIGHT_INPUT))
+    for tensor, name in zip((total, content_loss, style_loss, tv_loss, image_grad), mf.LOSS_OUTPUTS, strict=True):
+        b.output(tensor, name)
+
+    layer = {layer.name: layer for layer in model.layers}
+    inputs = [
+        _image_input(),
+        *(_feature_info(mf.content_target_name(n), layer[n]) for n in manifest.content_layers),
+        *(_gram_info(mf.gram_target_name(n), layer[n]) for n in manifest.style_layers),
+        *(_scalar_info(n) for n in (mf.CONTENT_WEIGHT_INPUT, mf.STYLE_WEIGHT_INPUT, mf.TV_WEIGHT_INPUT)),
+        helper.make_tensor_value_info(
+            mf.CONTENT_LAYER_WEIGHTS_INPUT, TensorProto.FLOAT, [len(manifest.content_layers)]
+        ),
+        helper.make_tensor_value_info(mf.STYLE_LAYER_WEIGHTS_INPUT, TensorProto.FLOAT, [len(manifest.style_layers)]),
+    ]
+    outputs = [_scalar_info(n) for n in mf.LOSS_OUTPUTS[:-1]]
+    outputs.append(helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, 3, "height", "width"]))
+    return _model(b, "nst_loss_and_grad", inputs, outputs, manifest)
+
+
+def write_graphs(model: VGG19Features, manifest: mf.Manifest, directory: Path) -> None:
+    """Write both graphs into ``directory`` (which must exist)."""
+    if deepest_layer(manifest.content_layers + manifest.style_layers) != model.layers[-1].name:
+        raise ValueError("the model must end at the deepest loss layer")
+    onnx.save(build_targets_graph(model, manifest), directory / mf.TARGETS_FILE)
+    onnx.save(build_loss_graph(model, manifest), directory / mf.LOSS_FILE)

@@ -1,0 +1,1 @@
+"""The NeuralStyleTransfer gRPC server: ONNX Runtime for loss and gradient, a host-side optimiser."""

@@ -1,0 +1,169 @@
+"""The exported graphs in ONNX Runtime: device choice, sessions shared across jobs, IO binding per job.
+
+Arrays follow one convention everywhere in the server: float32, NCHW, batch 1, RGB in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from . import manifest as mf
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+FloatArray = npt.NDArray[np.float32]
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device cannot be used on this machine."""
+
+
+def choose_providers(device: Device, available: list[str]) -> list[str]:
+    """Execution providers to ask for, best first, given what this onnxruntime build offers."""
+    if device == "cpu":
+        return [CPU_PROVIDER]
+    if CUDA_PROVIDER in available:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    if device == "cuda":
+        raise DeviceUnavailableError(
+            "--device cuda, but this onnxruntime has no CUDA execution provider (install the gpu extra: "
+            "onnxruntime-gpu instead of onnxruntime)"
+        )
+    return [CPU_PROVIDER]
+
+
+def device_of(session_providers: list[str], requested: Device) -> str:
+    """The device a created session really runs on.
+
+    onnxruntime-gpu lists the CUDA provider even where no GPU or CUDA library exists, and then quietly
+    creates a CPU-only session, so the answer comes from the session, not from the build.
+    """
+    if session_providers and session_providers[0] == CUDA_PROVIDER:
+        return "cuda:0"
+    if requested == "cuda":
+        raise DeviceUnavailableError("--device cuda, but onnxruntime could not start CUDA (no GPU or driver?)")
+    return "cpu"
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """One loss and gradient evaluation. ``grad`` is the evaluator's buffer: consume it before the next call."""
+
+    loss: float
+    content: float
+    style: float
+    tv: float
+    grad: FloatArray
+
+
+class Evaluator:
+    """Loss and gradient at one image size for one job's targets, bound once.
+
+    Targets and weights are bound at construction; each call only copies the image in and runs. Outputs
+    land in buffers allocated here once, in host memory, so on CUDA the targets stay on the device while
+    the gradient comes back to the host optimiser without an extra allocation.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        device: str,
+        shape: tuple[int, int],
+        feeds: dict[str, FloatArray],
+    ) -> None:
+        self._session = session
+        self._binding = session.io_binding()
+        device_type, device_id = ("cuda", 0) if device.startswith("cuda") else ("cpu", 0)
+        height, width = shape
+        self._image = np.zeros((1, 3, height, width), np.float32)
+        self._image_value = ort.OrtValue.ortvalue_from_numpy(self._image, device_type, device_id)
+        self._binding.bind_ortvalue_input(mf.IMAGE_INPUT, self._image_value)
+        self._on_device = device_type != "cpu"
+        self._held = [self._image_value]  # OrtValues must outlive the binding
+        for name, array in feeds.items():
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, np.float32), device_type, device_id)
+            self._held.append(value)
+            self._binding.bind_ortvalue_input(name, value)
+        self._outputs = {name: np.zeros((), np.float32) for name in mf.LOSS_OUTPUTS[:-1]}
+        self._outputs["grad"] = np.zeros_like(self._image)
+        for name, buffer in self._outputs.items():
+            self._binding.bind_output(name, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self._image.shape  # type: ignore[return-value]
+
+    def __call__(self, image: npt.NDArray[np.floating]) -> Evaluation:
+        """Evaluate at ``image`` (any float dtype, any shape with the same number of elements)."""
+        np.copyto(self._image, image.reshape(self._image.shape), casting="same_kind")
+        if self._on_device:
+            self._image_value.update_inplace(self._image)
+        self._session.run_with_iobinding(self._binding)
+        out = self._outputs
+        return Evaluation(
+            float(out["loss"]), float(out["content_loss"]), float(out["style_loss"]), float(out["tv_loss"]), out["grad"]
+        )
+
+
+class LossGraphs:
+    """Both graphs of one exported model directory, loaded once and shared by every job."""
+
+    def __init__(self, model_dir: Path, device: Device = "auto", threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        providers = choose_providers(device, ort.get_available_providers())
+        self.name = model_dir.name
+        self._targets = ort.InferenceSession(str(model_dir / mf.TARGETS_FILE), options, providers=providers)
+        self._loss = ort.InferenceSession(str(model_dir / mf.LOSS_FILE), options, providers=providers)
+        self.device = device_of(self._loss.get_providers(), device)
+        metadata = self._loss.get_modelmeta().custom_metadata_map
+        if mf.METADATA_KEY not in metadata:
+            raise ValueError(f"{model_dir / mf.LOSS_FILE}: no {mf.METADATA_KEY} metadata; not made by nst-export")
+        self.manifest = mf.Manifest.from_json(metadata[mf.METADATA_KEY])
+        log.info(
+            "loaded model %s (%s weights, %s pooling) on %s",
+            self.name,
+            self.manifest.weights,
+            self.manifest.pooling,
+            self.device,
+        )
+
+    def targets(self, image: FloatArray) -> dict[str, FloatArray]:
+        """Content features and Gram matrices of ``image``, keyed by the loss graph's input names."""
+        names = [output.name for output in self._targets.get_outputs()]
+        return dict(zip(names, self._targets.run(names, {mf.IMAGE_INPUT: image}), strict=True))
+
+    def evaluator(
+        self,
+        shape: tuple[int, int],
+        targets: dict[str, FloatArray],
+        loss_weights: mf.LossWeights,
+        content_layer_weights: tuple[float, ...] | None = None,
+        style_layer_weights: tuple[float, ...] | None = None,
+    ) -> Evaluator:
+        """An evaluator at ``shape`` (height, width) with everything but the image bound once.
+
+        Per-layer weights default to the export issue's: 1 per content layer, style layers equal summing to 1.
+        """
+        manifest = self.manifest
+        n_style = len(manifest.style_layers)
+        feeds = dict(targets)
+        feeds[mf.CONTENT_WEIGHT_INPUT] = np.array(loss_weights.content, np.float32)
+        feeds[mf.STYLE_WEIGHT_INPUT] = np.array(loss_weights.style, np.float32)
+        feeds[mf.TV_WEIGHT_INPUT] = np.array(loss_weights.tv, np.float32)
+        feeds[mf.CONTENT_LAYER_WEIGHTS_INPUT] = np.array(
+            content_layer_weights or (1.0,) * len(manifest.content_layers), np.float32
+        )
+        feeds[mf.STYLE_LAYER_WEIGHTS_INPUT] = np.array(style_layer_weights or (1.0 / n_style,) * n_style, np.float32)
+        return Evaluator(self._loss, self.device, shape, feeds)
