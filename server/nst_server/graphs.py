@@ -131,6 +131,7 @@ class LossGraphs:
         if mf.METADATA_KEY not in metadata:
             raise ValueError(f"{model_dir / mf.LOSS_FILE}: no {mf.METADATA_KEY} metadata; not made by nst-export")
         self.manifest = mf.Manifest.from_json(metadata[mf.METADATA_KEY])
+        self._warm_shapes: set[tuple[int, ...]] = set()
         log.info(
             "loaded model %s (%s weights, %s pooling) on %s",
             self.name,
@@ -138,6 +139,12 @@ class LossGraphs:
             self.manifest.pooling,
             self.device,
         )
+
+    def warm_up(self, evaluator: Evaluator, image: FloatArray) -> None:
+        """Evaluate once if this size is new to the process: onnxruntime plans memory per shape on first run."""
+        if evaluator.shape not in self._warm_shapes:
+            evaluator(image)
+            self._warm_shapes.add(evaluator.shape)
 
     def targets(self, image: FloatArray) -> dict[str, FloatArray]:
         """Content features and Gram matrices of ``image``, keyed by the loss graph's input names."""

@@ -1,0 +1,1 @@
+"""Python bindings of the NeuralStyleTransfer gRPC API (generated from the .proto files shipped here)."""

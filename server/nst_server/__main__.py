@@ -1,0 +1,112 @@
+"""`nst-server`: flags to ServerConfig, load models, serve until a signal, exit 0."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from .app import load_models, serve
+from .config import ServerConfig
+from .graphs import DeviceUnavailableError
+
+log = logging.getLogger("nst_server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig(model_dirs=())
+    parser = argparse.ArgumentParser(prog="nst-server", description="Serve Gatys style transfer over gRPC.")
+    parser.add_argument(
+        "--model",
+        dest="model_dirs",
+        type=Path,
+        action="append",
+        required=True,
+        help="model directory from nst-export; repeat to serve several (the first is the default)",
+    )
+    parser.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=d.port, help=f"default {d.port}; 0 picks a free port")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=d.device,
+        help="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (default)",
+    )
+    parser.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per job (0 = all cores)")
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=d.max_concurrent,
+        help=f"jobs computing at once (default {d.max_concurrent})",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=d.max_queue, help=f"jobs waiting for a slot (default {d.max_queue})"
+    )
+    parser.add_argument(
+        "--max-pixels", type=int, default=d.max_pixels, help=f"pixels of any input image (default {d.max_pixels})"
+    )
+    parser.add_argument(
+        "--max-side",
+        dest="max_side_px",
+        type=int,
+        default=d.max_side_px,
+        help=f"longest output side in px (default {d.max_side_px})",
+    )
+    parser.add_argument(
+        "--max-evaluations", type=int, default=d.max_evaluations, help=f"per job (default {d.max_evaluations})"
+    )
+    parser.add_argument(
+        "--max-styles", type=int, default=d.max_styles, help=f"style images per request (default {d.max_styles})"
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=d.max_message_bytes,
+        help=f"request size (default {d.max_message_bytes})",
+    )
+    parser.add_argument(
+        "--drain",
+        dest="drain_s",
+        type=float,
+        default=d.drain_s,
+        help=f"seconds NOT_SERVING before closing (default {d.drain_s:g})",
+    )
+    parser.add_argument(
+        "--grace",
+        dest="grace_s",
+        type=float,
+        default=d.grace_s,
+        help=f"seconds for running jobs on shutdown (default {d.grace_s:g})",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `nst-server`; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    config = ServerConfig(**{**vars(args), "model_dirs": tuple(args.model_dirs)})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for limit in ("max_concurrent", "max_pixels", "max_side_px", "max_evaluations", "max_styles", "max_message_bytes"):
+        if getattr(config, limit) < 1:
+            print(f"nst-server: error: --{limit.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        models = load_models(config)
+    except (OSError, ValueError, DeviceUnavailableError) as error:
+        print(f"nst-server: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # onnxruntime's load errors have their own types
+        print(f"nst-server: error: cannot load model: {error}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(config, models))
+    except OSError as error:
+        print(f"nst-server: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Assemble and run the server: models, servicer, health, reflection; drain and stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nst.v1 import style_transfer_pb2 as pb
+from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+
+from .admission import Admission
+from .config import ServerConfig
+from .errors import ShuttingDown
+from .graphs import LossGraphs
+from .servicer import StyleTransferServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransferService"].full_name
+# Room for the request's images on top of the pixel data itself.
+_MESSAGE_OVERHEAD_BYTES = 1 << 20
+
+
+def load_models(config: ServerConfig) -> list[LossGraphs]:
+    """Load every model directory once; all jobs share the sessions."""
+    return [LossGraphs(directory, config.device, config.threads) for directory in config.model_dirs]
+
+
+async def serve(config: ServerConfig, models: list[LossGraphs]) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: NOT_SERVING, refuse new jobs, finish or cancel the rest."""
+    limit = config.max_message_bytes + _MESSAGE_OVERHEAD_BYTES
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    )
+    admission = Admission(config.max_concurrent, config.max_queue)
+    servicer = StyleTransferServicer(models, config, admission)
+    pb_grpc.add_StyleTransferServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {config.host}:{config.port}")
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("listening on %s:%d (device %s)", config.host, port, ", ".join(sorted({m.device for m in models})))
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+
+    log.info("shutting down: NOT_SERVING for %.1fs, then up to %.1fs for running jobs", config.drain_s, config.grace_s)
+    admission.close()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await asyncio.sleep(config.drain_s)
+    try:
+        await asyncio.wait_for(admission.wait_idle(), timeout=config.grace_s)
+    except TimeoutError:
+        log.warning("grace period over: cancelling %d running and %d queued jobs", admission.running, admission.queued)
+        servicer.stop_all(
+            ShuttingDown(f"server shut down; the job was cancelled after a {config.grace_s:g}s grace period")
+        )
+        await asyncio.wait_for(admission.wait_idle(), timeout=config.grace_s)
+    await server.stop(grace=1.0)
+    log.info("stopped")

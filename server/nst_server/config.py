@@ -1,0 +1,28 @@
+"""Server settings: one frozen value built from the command line, passed everywhere it is needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .graphs import Device
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything `nst-server` can be told; defaults are the documented ones."""
+
+    model_dirs: tuple[Path, ...]
+    host: str = "127.0.0.1"  # the container passes 0.0.0.0
+    port: int = 50051
+    device: Device = "auto"
+    threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
+    max_concurrent: int = 1  # one job already uses every core of a CPU
+    max_queue: int = 8
+    max_pixels: int = 16_777_216  # of any input image, checked before decoding (4096 x 4096)
+    max_side_px: int = 1024  # of the output
+    max_evaluations: int = 5000
+    max_styles: int = 8
+    max_message_bytes: int = 64 * 1024 * 1024
+    drain_s: float = 5.0  # after SIGTERM, health answers NOT_SERVING this long before the listener closes
+    grace_s: float = 30.0  # then running jobs get this long to finish before they are cancelled

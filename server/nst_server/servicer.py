@@ -1,0 +1,145 @@
+"""The gRPC layer: protobuf in, codec and pipeline, protobuf out; every failure becomes a status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from nst.v1 import style_transfer_pb2 as pb
+from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+
+from . import codec, pipeline
+from .admission import Admission, Reservation
+from .config import ServerConfig
+from .errors import Cancelled, JobError
+from .graphs import LossGraphs
+from .job import Event, Job, Progress, Queued, Result
+
+log = logging.getLogger(__name__)
+
+
+class _Stop:
+    """A job's stop flag, with the reason the job was stopped (caller gone, or server shutdown)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: JobError = Cancelled("job cancelled by the caller")
+
+    def set(self, reason: JobError | None = None) -> None:
+        if reason is not None:
+            self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
+    """Stylize and DescribeModel over the loaded models."""
+
+    def __init__(self, models: Sequence[LossGraphs], config: ServerConfig, admission: Admission) -> None:
+        self._models = models
+        self._config = config
+        self._admission = admission
+        # Jobs run here; admission keeps at most max_concurrent of them busy.
+        self._workers = ThreadPoolExecutor(max_workers=config.max_concurrent, thread_name_prefix="job")
+        self._running: dict[str, _Stop] = {}
+
+    async def DescribeModel(  # noqa: N802 (gRPC's method name)
+        self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DescribeModelResponse:
+        return codec.describe(self._models, self._config)
+
+    async def Stylize(  # noqa: N802
+        self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StylizeResponse]:
+        job_id = uuid.uuid4().hex[:12]
+        received = time.perf_counter()
+        outcome, job, last = "error", None, None
+        try:
+            reservation = self._admission.reserve()
+            try:
+                loop = asyncio.get_running_loop()
+                job = await loop.run_in_executor(
+                    None, codec.job_from_request, request, job_id, self._models, self._config
+                )
+                async for position in reservation.positions():
+                    yield codec.to_response(Queued(job_id, position))
+                async for event in self._run(job, reservation, time.perf_counter() - received):
+                    last = event if isinstance(event, Progress | Result) else last
+                    yield codec.to_response(event)
+                outcome = "ok"
+            finally:
+                reservation.release()  # no-op once the job's own release ran; frees a queue place otherwise
+        except JobError as error:
+            outcome = type(error).__name__
+            await context.abort(error.status, str(error))
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            _log_job(job_id, job, last, outcome, time.perf_counter() - received)
+
+    async def _run(self, job: Job, reservation: Reservation, queued_s: float) -> AsyncIterator[Event]:
+        """Run the job on a worker thread and relay its events; stop it if this coroutine is cancelled."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        stop = _Stop()
+
+        def emit(event: Event | BaseException) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        graphs = codec.pick_model(job.model, self._models)
+        work = loop.run_in_executor(self._workers, _run_job, job, graphs, emit, stop, queued_s)
+        work.add_done_callback(lambda _: reservation.release())
+        self._running[job.job_id] = stop
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Result):
+                    return
+        finally:
+            stop.set()  # the caller left or the job ended: either way nothing more to compute
+            del self._running[job.job_id]
+
+    def stop_all(self, reason: JobError) -> None:
+        """Stop every running job at its next evaluation; their callers get ``reason``."""
+        for stop in self._running.values():
+            stop.set(reason)
+
+
+def _run_job(
+    job: Job, graphs: LossGraphs, emit: Callable[[Event | BaseException], None], stop: _Stop, queued_s: float
+) -> None:
+    """Worker-thread body: every ending, good or bad, reaches the stream as its last item."""
+    try:
+        pipeline.stylize(job, graphs, emit, stop.is_set, queued_s)
+    except Cancelled:
+        emit(stop.reason)
+    except JobError as error:
+        emit(error)
+    except Exception as error:  # an unexpected bug: log the trace here, send the caller one line
+        log.exception("job %s failed", job.job_id)
+        emit(JobError(f"internal error in job {job.job_id}: {type(error).__name__}: {error}"))
+
+
+def _log_job(job_id: str, job: Job | None, last: Progress | Result | None, outcome: str, seconds: float) -> None:
+    """One logfmt line per job, whatever its ending."""
+    fields = {"id": job_id, "outcome": outcome, "seconds": f"{seconds:.3f}"}
+    if job is not None:
+        fields |= {"model": job.model, "size": f"{job.content.shape[3]}x{job.content.shape[2]}"}
+    if last is not None:
+        fields |= {
+            "iterations": getattr(last, "iterations", getattr(last, "iteration", 0)),
+            "evaluations": last.evaluations,
+        }
+    log.info("job %s", " ".join(f"{key}={value}" for key, value in fields.items()))

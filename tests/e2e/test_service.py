@@ -1,0 +1,266 @@
+"""The real `nst-server` process over real gRPC: the stream, the losses, limits, bad input, health, shutdown."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from nst.v1 import style_transfer_pb2 as pb
+from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+from nst_export import reference
+from nst_export.vgg import VGG19Features
+from nst_export.weights import init_random
+from PIL import Image
+
+from tests.images import encoded, picture, png, png_claiming_size
+from tests.servers import ServerProcess, start_server
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture(name="server", scope="module")
+def _server(model_dir: Path) -> Iterator[ServerProcess]:
+    server = start_server([model_dir], "--max-concurrent", "1", "--max-queue", "1", "--max-evaluations", "100000")
+    yield server
+    assert server.terminate() == 0
+
+
+@pytest.fixture(name="stub")
+def _stub(server: ServerProcess) -> Iterator[pb_grpc.StyleTransferServiceStub]:
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.StyleTransferServiceStub(channel)
+
+
+def _request(width: int = 64, height: int = 48, **options: object) -> pb.StylizeRequest:
+    return pb.StylizeRequest(
+        content_image=png(width, height, seed=1),
+        style_images=[pb.StyleImage(image=png(64, 64, seed=2))],
+        options=pb.StylizeOptions(**options),
+    )
+
+
+def _events(responses: Iterator[pb.StylizeResponse]) -> list[tuple[str, object]]:
+    return [(r.WhichOneof("event"), getattr(r, r.WhichOneof("event"))) for r in responses]
+
+
+def test_stream_order_previews_and_result(stub: pb_grpc.StyleTransferServiceStub) -> None:
+    """started, one progress per iteration with previews every N, then a result of the requested size."""
+    events = _events(stub.Stylize(_request(80, 60, max_side_px=64, max_evaluations=12, preview_every=4), timeout=120))
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "started"
+    assert kinds[-1] == "result"
+    started, result = events[0][1], events[-1][1]
+    assert (started.width, started.height, started.max_evaluations) == (64, 48, 12)
+    progress = [event for kind, event in events if kind == "progress"]
+    assert [p.iteration for p in progress] == list(range(1, len(progress) + 1))
+    assert progress[-1].evaluations <= 12
+    assert progress[-1].losses.total < progress[0].losses.total
+    previews = [event for kind, event in events if kind == "preview"]
+    assert [p.iteration for p in previews] == [i for i in range(1, len(progress) + 1) if i % 4 == 0]
+    image = Image.open(io.BytesIO(result.image))
+    assert (image.format, image.size) == ("PNG", (64, 48))
+    assert (result.width, result.height, result.evaluations) == (64, 48, progress[-1].evaluations)
+    assert result.losses.total == progress[-1].losses.total
+
+
+@pytest.mark.parametrize(("fmt", "pil_name"), [(pb.IMAGE_FORMAT_JPEG, "JPEG"), (pb.IMAGE_FORMAT_WEBP, "WEBP")])
+def test_output_formats(stub: pb_grpc.StyleTransferServiceStub, fmt: int, pil_name: str) -> None:
+    """The result is encoded in the requested format."""
+    events = _events(stub.Stylize(_request(max_evaluations=2, output_format=fmt, optimizer=pb.OPTIMIZER_ADAM)))
+    assert Image.open(io.BytesIO(events[-1][1].image)).format == pil_name
+
+
+def test_reported_loss_matches_pytorch(stub: pb_grpc.StyleTransferServiceStub, model_dir: Path) -> None:
+    """The first evaluation's losses equal the export issue's formula computed independently in PyTorch."""
+    content, style = picture(64, 48, seed=4), picture(64, 40, seed=5)  # already at the working size: no resampling
+    request = pb.StylizeRequest(
+        content_image=encoded(content), style_images=[pb.StyleImage(image=encoded(style))],
+        options=pb.StylizeOptions(max_side_px=64, max_evaluations=1, optimizer=pb.OPTIMIZER_ADAM, content_weight=2.0,
+                                  style_weight=3e5, tv_weight=5.0, init=pb.INIT_GRAY),
+    )  # fmt: skip
+    progress = next(event for kind, event in _events(stub.Stylize(request)) if kind == "progress")
+
+    model = VGG19Features("relu5_1", "max")
+    init_random(model, seed=3)  # the conftest's model_dir
+
+    def tensor(image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+
+    layers = (("relu4_2",), ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"))
+    targets = reference.Targets(
+        reference.targets(model, tensor(content), "imagenet", *layers).content,
+        reference.targets(model, tensor(style), "imagenet", *layers).gram,
+    )
+    gray = torch.full((1, 3, 48, 64), 0.5)
+    want = reference.gatys_loss(model, gray, "imagenet", targets, (2.0, 3e5, 5.0), (1.0,), (0.2,) * 5)
+    got = progress.losses
+    for name in ("total", "content", "style", "tv"):
+        assert getattr(got, name) == pytest.approx(float(getattr(want, name)), rel=2e-5, abs=1e-12), name
+
+
+def test_describe_model(stub: pb_grpc.StyleTransferServiceStub, model_dir: Path) -> None:
+    """DescribeModel reports the weights, pooling, layers, device, defaults and limits."""
+    described = stub.DescribeModel(pb.DescribeModelRequest())
+    (model,) = described.models
+    assert (model.name, model.weights, model.pooling, model.device) == (model_dir.name, "random", "max", "cpu")
+    assert list(model.style_layers) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    assert model.default_style_weight == 1e6
+    assert (described.limits.max_concurrent, described.limits.max_queue) == (1, 1)
+
+
+def test_health_and_reflection(server: ServerProcess) -> None:
+    """Health answers SERVING for the server and the service; reflection lists the service."""
+    assert server.health() == SERVING
+    assert server.health("nst.v1.StyleTransferService") == SERVING
+    with grpc.insecure_channel(server.address) as channel:
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (response,) = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([request]))
+    names = {service.name for service in response.list_services_response.service}
+    assert {"nst.v1.StyleTransferService", "grpc.health.v1.Health"} <= names
+
+
+def _first_event(call: Iterator[pb.StylizeResponse]) -> str:
+    return next(call).WhichOneof("event")
+
+
+def test_cancel_frees_the_slot_for_the_queue(stub: pb_grpc.StyleTransferServiceStub, server: ServerProcess) -> None:
+    """With one slot and one queue place: a third call is refused; cancelling the first starts the second."""
+    long_job = _request(128, 128, max_side_px=128, max_evaluations=5000, optimizer=pb.OPTIMIZER_ADAM)
+    first = stub.Stylize(long_job, timeout=300)
+    assert _first_event(first) == "started"
+    second = stub.Stylize(_request(max_evaluations=3), timeout=300)
+    response = next(second)
+    assert response.WhichOneof("event") == "queued"
+    assert response.queued.position == 1
+
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.Stylize(_request(max_evaluations=3), timeout=60))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-queue 1" in refused.value.details()
+
+    first.cancel()
+    kinds = [kind for kind, _ in _events(second)]
+    assert kinds[0] == "started"
+    assert kinds[-1] == "result"
+    server.wait_logged(r"outcome=cancelled")
+
+
+def test_deadline_stops_the_job(stub: pb_grpc.StyleTransferServiceStub, server: ServerProcess) -> None:
+    """A call past its deadline ends DEADLINE_EXCEEDED and its slot serves the next job."""
+    long_job = _request(128, 128, max_side_px=128, max_evaluations=5000, optimizer=pb.OPTIMIZER_ADAM)
+    with pytest.raises(grpc.RpcError) as expired:
+        list(stub.Stylize(long_job, timeout=3))
+    assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _events(stub.Stylize(_request(max_evaluations=2), timeout=60))[-1][0] == "result"
+
+
+def _truncated_jpeg() -> bytes:
+    return encoded(picture(64, 64, 3), "JPEG")[:300]
+
+
+BAD_REQUESTS = {
+    "undecodable": (dict(content_image=b"not an image"), "content_image: not an image"),
+    "empty-content": (dict(content_image=b""), "content_image: required"),
+    "truncated-png": (dict(content_image=png(64, 64)[:200]), "content_image: not a decodable image"),
+    "truncated-jpeg": (dict(content_image=_truncated_jpeg()), "content_image: not a decodable image"),
+    "bomb": (dict(content_image=png_claiming_size(50000, 50000)), "2500000000 pixels"),
+    "no-style": (dict(style_images=[]), "style_images: at least one"),
+    "bad-style": (dict(style_images=[pb.StyleImage(image=b"\x89PNG\r\n")]), "style_images[0].image"),
+    "zero-size-side": (dict(content_image=png(400, 20)), "both sides must be at least 32 px"),
+    "too-many-evaluations": (dict(options=pb.StylizeOptions(max_evaluations=200000)), "options.max_evaluations"),
+    "tiny-side": (dict(options=pb.StylizeOptions(max_side_px=8)), "options.max_side_px: 8 is out of range"),
+    "negative-weight": (dict(options=pb.StylizeOptions(style_weight=-1)), "options.style_weight: -1.0"),
+    "nan-weight": (dict(options=pb.StylizeOptions(content_weight=float("nan"))), "options.content_weight: nan"),
+    "inf-weight": (dict(options=pb.StylizeOptions(tv_weight=float("inf"))), "options.tv_weight: inf"),
+    "unknown-optimizer": (dict(options=pb.StylizeOptions(optimizer=99)), "options.optimizer: unknown value 99"),
+    "unknown-format": (dict(options=pb.StylizeOptions(output_format=7)), "options.output_format: unknown value 7"),
+    "zero-learning-rate": (dict(options=pb.StylizeOptions(learning_rate=0)), "options.learning_rate"),
+    "unknown-model": (dict(model="picasso"), "model: 'picasso' is not loaded"),
+    "blend-weight": (dict(style_images=[pb.StyleImage(image=png(64, 64), blend_weight=0.5)]), "not supported yet"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_input_is_invalid_argument(stub: pb_grpc.StyleTransferServiceStub, case: str) -> None:
+    """Each bad request gets INVALID_ARGUMENT naming the field and the problem, and a good one works after it."""
+    fields, message = BAD_REQUESTS[case]
+    request = _request(max_evaluations=2)
+    for name, value in fields.items():
+        if name == "style_images":
+            del request.style_images[:]
+            request.style_images.extend(value)
+        elif name == "options":
+            request.options.CopyFrom(value)
+        else:
+            setattr(request, name, value)
+    with pytest.raises(grpc.RpcError) as error:
+        list(stub.Stylize(request, timeout=60))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.details()
+    assert "Traceback" not in error.value.details()
+
+
+def test_message_over_the_limit_is_refused(model_dir: Path) -> None:
+    """A request larger than the configured message limit is refused with RESOURCE_EXHAUSTED."""
+    server = start_server([model_dir], "--max-message-bytes", "1000")
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.StyleTransferServiceStub(channel)
+            request = _request()
+            request.content_image = np.random.default_rng(0).bytes(3 << 20)
+            with pytest.raises(grpc.RpcError) as error:
+                list(stub.Stylize(request, timeout=60))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        assert server.terminate() == 0
+
+
+def test_sigterm_drains_then_cancels_with_a_clear_status(model_dir: Path) -> None:
+    """SIGTERM: health NOT_SERVING, new jobs refused, a running job cancelled after the grace period, exit 0."""
+    server = start_server([model_dir], "--drain", "1.5", "--grace", "1")
+    outcome: dict[str, grpc.RpcError] = {}
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.StyleTransferServiceStub(channel)
+        call = stub.Stylize(_request(128, 128, max_side_px=128, max_evaluations=5000, optimizer=pb.OPTIMIZER_ADAM))
+        assert _first_event(call) == "started"
+
+        def drain() -> None:
+            try:
+                list(call)
+            except grpc.RpcError as error:
+                outcome["error"] = error
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        server.process.send_signal(15)
+        server.wait_logged("shutting down")
+        assert server.health() == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Stylize(_request(max_evaluations=2), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        reader.join(timeout=60)
+    assert outcome["error"].code() == grpc.StatusCode.UNAVAILABLE
+    assert "grace period" in outcome["error"].details()
+    assert server.process.wait(timeout=60) == 0
+
+
+def test_sigterm_lets_a_short_job_finish(model_dir: Path) -> None:
+    """A job that ends within the grace period completes normally after SIGTERM."""
+    server = start_server([model_dir], "--drain", "0", "--grace", "60")
+    with grpc.insecure_channel(server.address) as channel:
+        call = pb_grpc.StyleTransferServiceStub(channel).Stylize(_request(max_evaluations=20))
+        assert _first_event(call) == "started"
+        server.process.send_signal(15)
+        time.sleep(0.2)
+        assert [kind for kind, _ in _events(call)][-1] == "result"
+    assert server.process.wait(timeout=60) == 0

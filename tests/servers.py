@@ -1,0 +1,79 @@
+"""A real `nst-server` process on a free loopback port, as the tests start it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+_LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
+
+
+@dataclass
+class ServerProcess:
+    """A running server, its address and everything it has logged so far."""
+
+    process: subprocess.Popen[str]
+    address: str = ""
+    lines: list[str] = field(default_factory=list)
+    _ready: threading.Event = field(default_factory=threading.Event)
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if match := _LISTENING.search(line):
+                self.address = f"{match.group(1)}:{match.group(2)}"
+                self._ready.set()
+        self._ready.set()
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_logged(self, pattern: str, timeout_s: float = 30.0) -> str:
+        """The first log line matching ``pattern``, waiting for it up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if re.search(pattern, line):
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"server never logged {pattern!r}; log:\n{self.log()}")
+
+    def health(self, service: str = "") -> int:
+        with grpc.insecure_channel(self.address) as channel:
+            request = health_pb2.HealthCheckRequest(service=service)
+            return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, then the exit status (killing it if it hangs, which fails the caller's assertion)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return -9
+
+
+def start_server(model_dirs: list[Path], *args: str, timeout_s: float = 60.0) -> ServerProcess:
+    """Start `python -m nst_server` on port 0 and wait until it says where it listens."""
+    command = [sys.executable, "-m", "nst_server", "--port", "0"]
+    for model_dir in model_dirs:
+        command += ["--model", str(model_dir)]
+    process = subprocess.Popen([*command, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    server = ServerProcess(process)
+    threading.Thread(target=server._drain, daemon=True).start()
+    if not server._ready.wait(timeout_s) or not server.address:
+        server.terminate(5)
+        raise AssertionError(f"server did not start; log:\n{server.log()}")
+    return server
