@@ -42,6 +42,8 @@ def _stub(server: ServerProcess) -> Iterator[pb_grpc.StyleTransferServiceStub]:
 
 
 def _request(width: int = 64, height: int = 48, **options: object) -> pb.StylizeRequest:
+    """A valid request at (by default) the content's own small size, so that tests stay fast."""
+    options.setdefault("max_side_px", max(width, height))
     return pb.StylizeRequest(
         content_image=png(width, height, seed=1),
         style_images=[pb.StyleImage(image=png(64, 64, seed=2))],

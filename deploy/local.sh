@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The main job on one machine, from nothing: install, export VGG19 to ONNX, start nst-server, stylize with
+# the nst client, leave the image on disk, stop the server.
+#
+#   bash deploy/local.sh [--weights imagenet|caffe|random|PATH] [--out FILE] [CONTENT STYLE [STYLE ...]]
+#                        [-- extra `nst stylize` flags, e.g. --size 384 --iterations 150]
+#
+# Defaults: ImageNet weights (downloaded once, hash-checked), out/styled.png, and the sample photo and painting
+# in ../shared/images when that folder exists. NST_VENV picks the virtualenv (default .venv).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+weights="imagenet"
+out="out/styled.png"
+images=()
+stylize_flags=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --weights) weights="$2"; shift 2 ;;
+        --out) out="$2"; shift 2 ;;
+        --) shift; stylize_flags=("$@"); break ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) images+=("$1"); shift ;;
+    esac
+done
+samples="$repo_root/../shared/images"
+if [[ ${#images[@]} -eq 0 && -d "$samples" ]]; then
+    images=("$samples/tubingen.jpg" "$samples/starry_night_google.jpg")
+fi
+if [[ ${#images[@]} -lt 2 ]]; then
+    echo "deploy/local.sh: give a content photo and at least one style image: bash deploy/local.sh PHOTO PAINTING" >&2
+    exit 2
+fi
+
+venv="${NST_VENV:-$repo_root/.venv}"
+[[ -x "$venv/bin/python" ]] || python3.11 -m venv "$venv"
+# shellcheck disable=SC1091
+source "$venv/bin/activate"
+echo "== installing neuralstyletransfer[server,export] into $venv"
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet ".[server,export]"
+
+model_dir="models/vgg19-$(basename "$weights" .pth)"
+if [[ ! -d "$model_dir" ]]; then
+    echo "== exporting $weights weights to $model_dir"
+    if ! nst-export --weights "$weights" --out "$model_dir"; then
+        echo "deploy/local.sh: the export failed (above). Offline, pass a local torchvision-layout VGG19 state dict" \
+             "(--weights /path/to/vgg19.pth) or --weights random (runs end to end, but the picture is not art)." >&2
+        exit 1
+    fi
+fi
+
+log="$(mktemp)"
+echo "== starting nst-server (log: $log)"
+nst-server --model "$model_dir" --port 0 2>"$log" &
+server_pid=$!
+trap 'kill -TERM "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true' EXIT
+address=""
+for _ in $(seq 600); do
+    address="$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log")"
+    [[ -n "$address" ]] && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
+    sleep 0.1
+done
+[[ -n "$address" ]] || { echo "deploy/local.sh: the server did not start in 60 s; log: $log" >&2; exit 1; }
+
+echo "== stylizing ${images[0]} in the style of ${images[*]:1} via $address"
+mkdir -p "$(dirname "$out")"
+nst stylize "${images[@]}" -o "$out" --server "$address" --progress bar "${stylize_flags[@]}"
+echo "== wrote $out"

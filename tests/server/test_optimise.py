@@ -1,0 +1,91 @@
+"""The host optimisers on a known objective: budget, box constraints, progress events and cancellation."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from nst_server.errors import Cancelled
+from nst_server.graphs import Evaluation
+from nst_server.optimise import Step, adam, lbfgs
+
+SHAPE = (1, 3, 8, 8)
+
+
+class Quadratic:
+    """f(x) = sum((x - t)^2) with half of t outside [0, 1], so the box decides the answer: clip(t, 0, 1)."""
+
+    def __init__(self) -> None:
+        self.target = np.random.default_rng(0).uniform(-0.5, 1.5, SHAPE).astype(np.float32)
+        self.grad = np.empty(SHAPE, np.float32)
+        self.calls = 0
+
+    def __call__(self, x: npt.NDArray[np.floating]) -> Evaluation:
+        self.calls += 1
+        diff = x.reshape(SHAPE) - self.target
+        self.grad[...] = 2 * diff
+        loss = float(np.sum(diff * diff))
+        return Evaluation(loss, loss, 0.0, 0.0, self.grad)
+
+    @property
+    def optimum(self) -> npt.NDArray[np.float32]:
+        return np.clip(self.target, 0, 1)
+
+
+def _start() -> npt.NDArray[np.float32]:
+    return np.full(SHAPE, 0.5, np.float32)
+
+
+def _never() -> bool:
+    return False
+
+
+def test_lbfgs_finds_the_boxed_optimum_within_budget() -> None:
+    """L-BFGS-B reaches clip(t, 0, 1), never leaves the box and reports one step per iteration."""
+    objective, steps = Quadratic(), []
+    rv = lbfgs(objective, _start(), budget=50, history=10, on_step=steps.append, should_stop=_never)
+    assert np.allclose(rv.x.reshape(SHAPE), objective.optimum, atol=1e-4)
+    assert rv.x.min() >= 0.0
+    assert rv.x.max() <= 1.0
+    assert rv.evaluations == objective.calls <= 50
+    assert [s.iteration for s in steps] == list(range(1, rv.iterations + 1))
+    assert rv.losses.total == steps[-1].losses.total
+
+
+def test_lbfgs_stops_exactly_at_the_budget() -> None:
+    """With a budget smaller than it needs, L-BFGS-B evaluates exactly that many times."""
+    objective = Quadratic()
+    rv = lbfgs(objective, _start(), budget=3, history=10, on_step=lambda _: None, should_stop=_never)
+    assert rv.evaluations == objective.calls == 3
+
+
+def test_adam_spends_the_budget_and_projects_onto_the_box() -> None:
+    """Adam evaluates exactly budget times, one step each, stays in [0, 1] and lowers the loss."""
+    objective, steps = Quadratic(), []
+    rv = adam(objective, _start(), budget=40, learning_rate=0.05, on_step=steps.append, should_stop=_never)
+    assert objective.calls == rv.evaluations == rv.iterations == 40
+    assert [s.evaluations for s in steps] == list(range(1, 41))
+    assert 0.0 <= rv.x.min() <= rv.x.max() <= 1.0
+    assert steps[-1].losses.total < steps[0].losses.total / 4
+
+
+@pytest.mark.parametrize("optimiser", ["lbfgs", "adam"])
+def test_stop_flag_ends_the_run_before_the_next_evaluation(optimiser: str) -> None:
+    """Once should_stop turns true, no further evaluation happens and Cancelled is raised."""
+    objective = Quadratic()
+
+    def stop_after_two() -> bool:
+        return objective.calls >= 2
+
+    def on_step(_: Step) -> None:
+        pass
+
+    def run() -> None:
+        if optimiser == "lbfgs":
+            lbfgs(objective, _start(), budget=50, history=5, on_step=on_step, should_stop=stop_after_two)
+        else:
+            adam(objective, _start(), budget=50, learning_rate=0.05, on_step=on_step, should_stop=stop_after_two)
+
+    with pytest.raises(Cancelled):
+        run()
+    assert objective.calls == 2
