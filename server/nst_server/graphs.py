@@ -123,6 +123,10 @@ class LossGraphs:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         providers = choose_providers(device, ort.get_available_providers())
+        if CUDA_PROVIDER in providers:
+            # Load CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn] (the container's
+            # way) before the provider needs them; libraries already on the loader's path are used otherwise.
+            ort.preload_dlls()
         self.name = model_dir.name
         self._targets = ort.InferenceSession(str(model_dir / mf.TARGETS_FILE), options, providers=providers)
         self._loss = ort.InferenceSession(str(model_dir / mf.LOSS_FILE), options, providers=providers)

@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+# NeuralStyleTransfer: VGG19 is exported to ONNX at build time; the image serves it with onnxruntime, no torch.
+#
+#   docker build -t nst .                                  GPU image (the default target), ImageNet weights
+#   docker build --target cpu -t nst:cpu .                 CPU-only image for machines without a GPU
+#   docker build --build-arg WEIGHTS=caffe -t nst .        caffe | imagenet | random (random: tests, not art)
+#   docker run --gpus all -p 50051:50051 nst               stop with `docker stop -t 30` (drain + grace below)
+#
+# Both runtime targets share one python:3.11-slim base. The GPU target gets CUDA 13 and cuDNN 9, which
+# onnxruntime-gpu 1.31 is built against, as NVIDIA's pip wheels (onnxruntime-gpu[cuda,cudnn]); nst-server
+# loads them with onnxruntime.preload_dlls(). That keeps the image far smaller than a CUDA devel base and the
+# Python the same as everywhere else in the project; the host only needs the NVIDIA driver and container toolkit.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: wheel of this project, then the export (torch lives only in this stage) ----
+FROM ${PYTHON_IMAGE} AS export
+ARG WEIGHTS=imagenet
+ARG POOLING=max
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protos protos
+COPY server server
+COPY client client
+COPY export export
+# torch's CPU build: the export runs no GPU code, and PyPI's default torch would add gigabytes of CUDA.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && pip install ".[export]" \
+    && pip wheel --no-deps --wheel-dir /dist .
+# Downloads the published weights with their hash check; the export checks its own parity with PyTorch.
+RUN nst-export --weights "${WEIGHTS}" --pooling "${POOLING}" --out /models/vgg19
+
+# ---- what both runtime targets share ----
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin nst
+COPY --from=export /dist /dist
+COPY --from=export /models /models
+EXPOSE 50051
+# The gRPC health service, asked by the bundled client: exit 0 only while SERVING.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["nst", "health", "--server", "127.0.0.1:50051", "--timeout", "3"]
+# Exec form: nst-server is PID 1 and gets SIGTERM from `docker stop` (NOT_SERVING, drain, grace, exit 0).
+ENTRYPOINT ["nst-server", "--model", "/models/vgg19", "--host", "0.0.0.0", "--port", "50051"]
+CMD ["--drain", "2", "--grace", "25"]
+
+# ---- CPU-only image ----
+FROM runtime AS cpu
+RUN pip install "$(ls /dist/*.whl)[server]" && rm -rf /dist
+USER 10001
+
+# ---- GPU image (default) ----
+FROM runtime AS gpu
+RUN pip install "$(ls /dist/*.whl)[gpu]" "onnxruntime-gpu[cuda,cudnn]==1.31.1" && rm -rf /dist
+USER 10001
+# Fail at start-up rather than run slowly on the CPU when the container was started without a GPU.
+CMD ["--device", "cuda", "--drain", "2", "--grace", "25"]
