@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import TypeVar
 
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from nst.v1 import style_transfer_pb2 as pb
 
 from . import images
 from .config import ServerConfig
 from .errors import InvalidRequest
 from .graphs import LossGraphs
-from .job import Event, ImageFormat, Init, Job, Losses, Optimizer, Options, Preview, Progress, Queued, Result, Started
-from .manifest import LossWeights
+from .job import (
+    ColourPreservation,
+    Event,
+    ImageFormat,
+    Init,
+    Job,
+    Losses,
+    Optimizer,
+    Options,
+    Preview,
+    Progress,
+    Queued,
+    Result,
+    ScaleStarted,
+    Started,
+    Style,
+)
+from .manifest import LossWeights, Manifest
+
+T = TypeVar("T")
 
 _OPTIMIZERS = {
     pb.OPTIMIZER_UNSPECIFIED: Optimizer.LBFGS,
@@ -20,16 +41,23 @@ _OPTIMIZERS = {
     pb.OPTIMIZER_ADAM: Optimizer.ADAM,
 }
 _INITS = {
-    pb.INIT_UNSPECIFIED: Init.CONTENT,
+    pb.INIT_UNSPECIFIED: None,  # resolved per job: the photo when there is one to start from, else noise
     pb.INIT_CONTENT: Init.CONTENT,
     pb.INIT_GRAY: Init.GRAY,
     pb.INIT_NOISE: Init.NOISE,
+    pb.INIT_IMAGE: Init.IMAGE,
 }
 _FORMATS = {
     pb.IMAGE_FORMAT_UNSPECIFIED: ImageFormat.PNG,
     pb.IMAGE_FORMAT_PNG: ImageFormat.PNG,
     pb.IMAGE_FORMAT_JPEG: ImageFormat.JPEG,
     pb.IMAGE_FORMAT_WEBP: ImageFormat.WEBP,
+}
+_COLOUR = {
+    pb.COLOUR_PRESERVATION_UNSPECIFIED: ColourPreservation.NONE,
+    pb.COLOUR_PRESERVATION_NONE: ColourPreservation.NONE,
+    pb.COLOUR_PRESERVATION_LUMINANCE: ColourPreservation.LUMINANCE,
+    pb.COLOUR_PRESERVATION_HISTOGRAM: ColourPreservation.HISTOGRAM,
 }
 _FORMAT_TO_PB = {
     ImageFormat.PNG: pb.IMAGE_FORMAT_PNG,
@@ -38,22 +66,25 @@ _FORMAT_TO_PB = {
 }
 _OPTIMIZER_TO_PB = {Optimizer.LBFGS: pb.OPTIMIZER_LBFGS, Optimizer.ADAM: pb.OPTIMIZER_ADAM}
 MAX_LBFGS_HISTORY = 100
+MAX_SCALES = 8
+MAX_STYLE_SCALE = 4.0
 
 
-def _enum(field: str, value: int, table: dict[int, object], enum_type: object) -> object:
+def _enum(field: str, value: int, table: dict[int, T], wrapper: EnumTypeWrapper) -> T:
     if value not in table:
-        allowed = ", ".join(pb.DESCRIPTOR.enum_types_by_name[enum_type].values_by_name)  # type: ignore[index]
+        allowed = ", ".join(wrapper.Name(pb_value) for pb_value in table)
         raise InvalidRequest(f"{field}: unknown value {value}; allowed: {allowed}")
     return table[value]
 
 
-def _weight(field: str, options: pb.StylizeOptions, default: float) -> float:
-    if not options.HasField(field):
-        return default
-    value = getattr(options, field)
+def _non_negative(field: str, value: float) -> float:
     if not math.isfinite(value) or value < 0:
-        raise InvalidRequest(f"options.{field}: {value} is not allowed; expected a finite number >= 0")
+        raise InvalidRequest(f"{field}: {value} is not allowed; expected a finite number >= 0")
     return value
+
+
+def _weight(field: str, options: pb.StylizeOptions, default: float) -> float:
+    return _non_negative(f"options.{field}", getattr(options, field)) if options.HasField(field) else default
 
 
 def _bounded(field: str, value: int, default: int, low: int, high: int) -> int:
@@ -66,36 +97,61 @@ def _bounded(field: str, value: int, default: int, low: int, high: int) -> int:
     return value
 
 
-def options_from_pb(options: pb.StylizeOptions, config: ServerConfig, defaults: LossWeights) -> Options:
-    """Validated options with every unset field at its documented default."""
-    base = Options()
+def _layers(field: str, names: Sequence[str], exported: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [name for name in names if name not in exported]
+    if unknown or len(set(names)) != len(names):
+        problem = f"{', '.join(map(repr, unknown))} not exported" if unknown else "a layer named twice"
+        raise InvalidRequest(f"options.{field}: {problem}; this model exports {', '.join(exported)}")
+    return tuple(names)
+
+
+def _style_layer_weights(options: pb.StylizeOptions, style_layers: tuple[str, ...]) -> tuple[float, ...]:
+    weights = tuple(_non_negative("options.style_layer_weights", w) for w in options.style_layer_weights)
+    if weights and len(weights) != len(style_layers):
+        raise InvalidRequest(
+            f"options.style_layer_weights: {len(weights)} given for {len(style_layers)} style layers "
+            f"({', '.join(style_layers)})"
+        )
+    if weights and sum(weights) <= 0:
+        raise InvalidRequest("options.style_layer_weights: all are 0; at least one must be positive")
+    return weights
+
+
+def options_from_pb(options: pb.StylizeOptions, config: ServerConfig, manifest: Manifest) -> Options:
+    """Validated options with every unset field at its documented default (``init`` resolved later, per job)."""
+    base, defaults = Options(), manifest.default_loss_weights
     learning_rate = options.learning_rate if options.HasField("learning_rate") else base.learning_rate
     if not math.isfinite(learning_rate) or not 0 < learning_rate <= 1:
         raise InvalidRequest(f"options.learning_rate: {learning_rate} is not allowed; expected 0 < rate <= 1")
+    style_layers = _layers("style_layers", options.style_layers, manifest.style_layers)
+    max_evaluations = config.max_evaluations
     return Options(
         max_side_px=_bounded(
-            "max_side_px",
-            options.max_side_px,
-            min(base.max_side_px, config.max_side_px),
-            images.MIN_SIDE_PX,
+            "max_side_px", options.max_side_px, min(base.max_side_px, config.max_side_px), images.MIN_SIDE_PX,
             config.max_side_px,
         ),
-        max_evaluations=_bounded(
-            "max_evaluations", options.max_evaluations, base.max_evaluations, 1, config.max_evaluations
-        ),
-        optimizer=_enum("options.optimizer", options.optimizer, _OPTIMIZERS, "Optimizer"),  # type: ignore[arg-type]
+        max_evaluations=_bounded("max_evaluations", options.max_evaluations, base.max_evaluations, 1, max_evaluations),
+        optimizer=_enum("options.optimizer", options.optimizer, _OPTIMIZERS, pb.Optimizer),
         learning_rate=learning_rate,
         loss_weights=LossWeights(
             content=_weight("content_weight", options, defaults.content),
             style=_weight("style_weight", options, defaults.style),
             tv=_weight("tv_weight", options, defaults.tv),
         ),
-        init=_enum("options.init", options.init, _INITS, "Init"),  # type: ignore[arg-type]
+        init=_enum("options.init", options.init, _INITS, pb.Init) or base.init,
         seed=options.seed,
         preview_every=options.preview_every,
-        output_format=_enum("options.output_format", options.output_format, _FORMATS, "ImageFormat"),  # type: ignore[arg-type]
+        output_format=_enum("options.output_format", options.output_format, _FORMATS, pb.ImageFormat),
         lbfgs_history=_bounded("lbfgs_history", options.lbfgs_history, base.lbfgs_history, 1, MAX_LBFGS_HISTORY),
-    )
+        colour_preservation=_enum(
+            "options.colour_preservation", options.colour_preservation, _COLOUR, pb.ColourPreservation
+        ),
+        scales=_bounded("scales", options.scales, base.scales, 1, MAX_SCALES),
+        coarse_evaluations=_bounded("coarse_evaluations", options.coarse_evaluations, 0, 1, max_evaluations),
+        content_layers=_layers("content_layers", options.content_layers, manifest.content_layers),
+        style_layers=style_layers,
+        style_layer_weights=_style_layer_weights(options, style_layers or manifest.style_layers),
+    )  # fmt: skip
 
 
 def pick_model(name: str, models: Sequence[LossGraphs]) -> LossGraphs:
@@ -108,41 +164,97 @@ def pick_model(name: str, models: Sequence[LossGraphs]) -> LossGraphs:
     raise InvalidRequest(f"model: {name!r} is not loaded; available: {', '.join(g.name for g in models)}")
 
 
+def _check_side(field: str, size: tuple[int, int], why: str) -> None:
+    if min(size) < images.MIN_SIDE_PX:
+        raise InvalidRequest(
+            f"{field}: {why} is {size[0]}x{size[1]}; both sides must be at least {images.MIN_SIDE_PX} px"
+        )
+
+
+def _output_size(request: pb.StylizeRequest, options: Options, config: ServerConfig) -> tuple[int, int]:
+    """The content's size at max_side_px, or the texture's requested size when there is no content image."""
+    opts = request.options
+    if request.content_image:
+        if opts.width_px or opts.height_px:
+            raise InvalidRequest(
+                "options.width_px/height_px: only for texture synthesis; the content image sets the size"
+            )
+        return (0, 0)  # decided by the content image
+    side = options.max_side_px
+    width = _bounded("width_px", opts.width_px, side, images.MIN_SIDE_PX, config.max_side_px)
+    height = _bounded("height_px", opts.height_px, side, images.MIN_SIDE_PX, config.max_side_px)
+    return width, height
+
+
+def _resolve_init(request: pb.StylizeRequest, options: Options) -> Options:
+    """The start image: as asked, else the photo when there is a photo and a style, else noise."""
+    has_content, has_style = bool(request.content_image), bool(request.style_images)
+    init = options.init
+    if request.options.init == pb.INIT_UNSPECIFIED and not (has_content and has_style):
+        init = Init.NOISE
+    if init is Init.CONTENT and not has_content:
+        raise InvalidRequest(
+            "options.init: INIT_CONTENT needs a content image; use INIT_NOISE, INIT_GRAY or INIT_IMAGE"
+        )
+    if (init is Init.IMAGE) != bool(request.options.init_image):
+        raise InvalidRequest("options.init_image: give it exactly when options.init is INIT_IMAGE")
+    if options.colour_preservation is not ColourPreservation.NONE and not has_content:
+        raise InvalidRequest("options.colour_preservation: keeps the content image's colours; this request has none")
+    return replace(options, init=init)
+
+
+def _style(style: pb.StyleImage, index: int, output_side: int, config: ServerConfig) -> Style:
+    """A decoded style at ``scale`` times the output's longest side, with its blend weight."""
+    field = f"style_images[{index}]"
+    weight = _non_negative(f"{field}.blend_weight", style.blend_weight) if style.HasField("blend_weight") else 1.0
+    scale = style.scale if style.HasField("scale") else 1.0
+    if not math.isfinite(scale) or not 0 < scale <= MAX_STYLE_SCALE:
+        raise InvalidRequest(f"{field}.scale: {scale} is not allowed; expected 0 < scale <= {MAX_STYLE_SCALE:g}")
+    decoded = images.decode(style.image, f"{field}.image", config.max_pixels)
+    size = images.size_for_longest_side(*decoded.size, max(1, round(output_side * scale)))
+    if size[0] * size[1] > config.max_pixels:
+        raise InvalidRequest(
+            f"{field}.scale: {scale:g} makes the style {size[0]}x{size[1]}, over {config.max_pixels} pixels"
+        )
+    return Style(images.to_array(decoded, size), weight)
+
+
+def _check_scales(job: Job) -> None:
+    """Every image of the coarsest scale must still be 32 px on its short side (relu5_1 needs four poolings)."""
+    ratio = 1 / math.sqrt(2) ** (job.options.scales - 1)
+    coarsest = (round(job.size[0] * ratio), round(job.size[1] * ratio))
+    _check_side("options.scales", coarsest, f"the coarsest of {job.options.scales} scales")
+    for index, style in enumerate(job.styles):
+        style_size = (round(style.image.shape[3] * ratio), round(style.image.shape[2] * ratio))
+        _check_side(f"style_images[{index}]", style_size, "at the coarsest scale, after its scale")
+
+
 def job_from_request(
     request: pb.StylizeRequest, job_id: str, models: Sequence[LossGraphs], config: ServerConfig
 ) -> Job:
     """Decode and validate everything a job needs; raises InvalidRequest naming the first problem."""
     graphs = pick_model(request.model, models)
-    options = options_from_pb(request.options, config, graphs.manifest.default_loss_weights)
-    if not request.content_image:
-        raise InvalidRequest("content_image: required (texture synthesis without a content image is not supported yet)")
-    if not request.style_images:
-        raise InvalidRequest("style_images: at least one style image is required")
+    if not request.content_image and not request.style_images:
+        raise InvalidRequest("content_image, style_images: both empty; give a content image, a style image or both")
     if len(request.style_images) > config.max_styles:
         raise InvalidRequest(f"style_images: {len(request.style_images)} given, at most {config.max_styles} allowed")
-    for index, style in enumerate(request.style_images):
-        for field in ("blend_weight", "scale"):
-            if style.HasField(field):
-                raise InvalidRequest(f"style_images[{index}].{field}: not supported yet; leave it unset")
-    content = images.decode(request.content_image, "content_image", config.max_pixels)
-    size = images.size_for_longest_side(*content.size, options.max_side_px)
-    if min(size) < images.MIN_SIDE_PX:
-        raise InvalidRequest(
-            f"content_image: {content.width}x{content.height} at max_side_px {options.max_side_px} is {size[0]}x"
-            f"{size[1]}; both sides must be at least {images.MIN_SIDE_PX} px"
-        )
-    styles = []
-    for index, style in enumerate(request.style_images):
-        field = f"style_images[{index}].image"
-        decoded = images.decode(style.image, field, config.max_pixels)
-        style_size = images.size_for_longest_side(*decoded.size, options.max_side_px)
-        if min(style_size) < images.MIN_SIDE_PX:
-            raise InvalidRequest(
-                f"{field}: {decoded.width}x{decoded.height} is too narrow to scale to "
-                f"{images.MIN_SIDE_PX} px on its short side"
-            )
-        styles.append(images.to_array(decoded, style_size))
-    return Job(job_id, graphs.name, images.to_array(content, size), tuple(styles), options)
+    options = _resolve_init(request, options_from_pb(request.options, config, graphs.manifest))
+    size, content = _output_size(request, options, config), None
+    if request.content_image:
+        decoded = images.decode(request.content_image, "content_image", config.max_pixels)
+        size = images.size_for_longest_side(*decoded.size, options.max_side_px)
+        _check_side("content_image", size, f"{decoded.width}x{decoded.height} at max_side_px {options.max_side_px}")
+        content = images.to_array(decoded, size)
+    styles = tuple(_style(style, index, max(size), config) for index, style in enumerate(request.style_images))
+    if styles and sum(style.blend_weight for style in styles) <= 0:
+        raise InvalidRequest("style_images[].blend_weight: all are 0; at least one must be positive")
+    init_image = None
+    if options.init is Init.IMAGE:
+        decoded = images.decode(request.options.init_image, "options.init_image", config.max_pixels)
+        init_image = images.to_array(decoded, size)
+    job = Job(job_id, graphs.name, size, content, styles, options, init_image)
+    _check_scales(job)
+    return job
 
 
 def _losses(losses: Losses) -> pb.Losses:
@@ -158,6 +270,12 @@ def to_response(event: Event) -> pb.StylizeResponse:
             return pb.StylizeResponse(started=pb.JobStarted(
                 job_id=event.job_id, model=event.model, width=event.width, height=event.height,
                 max_evaluations=event.max_evaluations, optimizer=_OPTIMIZER_TO_PB[event.optimizer], device=event.device,
+                scales=event.scales,
+            ))  # fmt: skip
+        case ScaleStarted():
+            return pb.StylizeResponse(scale_started=pb.ScaleStarted(
+                scale=event.scale, scales=event.scales, width=event.width, height=event.height,
+                max_evaluations=event.max_evaluations,
             ))  # fmt: skip
         case Progress():
             return pb.StylizeResponse(progress=pb.Progress(

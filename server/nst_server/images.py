@@ -69,6 +69,16 @@ def to_array(image: Image.Image, size: tuple[int, int]) -> FloatArray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis])
 
 
+def resize(array: FloatArray, size: tuple[int, int]) -> FloatArray:
+    """Resample a (1, 3, H, W) array to ``size`` (width, height) without 8-bit rounding (between scales)."""
+    if (array.shape[3], array.shape[2]) == size:
+        return array
+    channels = [
+        np.asarray(Image.fromarray(channel, "F").resize(size, Image.Resampling.LANCZOS)) for channel in array[0]
+    ]
+    return np.clip(np.stack(channels)[np.newaxis], 0.0, 1.0).astype(np.float32)
+
+
 def encode(array: FloatArray, image_format: ImageFormat) -> bytes:
     """Encode a (1, 3, H, W) array in [0, 1]; previews and results share this."""
     pixels = np.clip(array[0].transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -25,6 +25,13 @@ class Init(enum.Enum):
     CONTENT = "content"
     GRAY = "gray"
     NOISE = "noise"
+    IMAGE = "image"  # the caller's own starting image
+
+
+class ColourPreservation(enum.Enum):
+    NONE = "none"
+    LUMINANCE = "luminance"  # style from the styles' luminance; chroma from the content
+    HISTOGRAM = "histogram"  # styles' colours mapped to the content's mean and covariance
 
 
 class ImageFormat(enum.Enum):
@@ -42,11 +49,25 @@ class Options:
     optimizer: Optimizer = Optimizer.LBFGS
     learning_rate: float = 0.02  # Adam's step in [0, 1] pixel units
     loss_weights: LossWeights | None = None  # None: the model's defaults for its weights flavour
-    init: Init = Init.CONTENT
+    init: Init = Init.CONTENT  # NOISE when the job has no content image or no style image
     seed: int = 0
     preview_every: int = 0  # iterations between previews; 0 = none
     output_format: ImageFormat = ImageFormat.PNG
     lbfgs_history: int = 10
+    colour_preservation: ColourPreservation = ColourPreservation.NONE
+    scales: int = 1  # coarse-to-fine steps, sqrt(2) apart in size
+    coarse_evaluations: int = 0  # budget of each scale but the last; 0 = max_evaluations
+    content_layers: tuple[str, ...] = ()  # subset of the model's; () = all
+    style_layers: tuple[str, ...] = ()  # subset of the model's; () = all
+    style_layer_weights: tuple[float, ...] = ()  # one per style layer, normalised; () = equal
+
+
+@dataclass(frozen=True, slots=True)
+class Style:
+    """A decoded style image at its size for the last scale, and its share of the blended targets."""
+
+    image: FloatArray
+    blend_weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +76,11 @@ class Job:
 
     job_id: str
     model: str
-    content: FloatArray  # (1, 3, H, W), the output's size
-    styles: tuple[FloatArray, ...]
+    size: tuple[int, int]  # (width, height) of the output
+    content: FloatArray | None  # (1, 3, H, W) at the output's size; None for texture synthesis
+    styles: tuple[Style, ...]  # empty for content reconstruction
     options: Options
+    init_image: FloatArray | None = None  # at the output's size, for Init.IMAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +106,16 @@ class Started:
     max_evaluations: int
     optimizer: Optimizer
     device: str
+    scales: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleStarted:
+    scale: int  # 1 = coarsest
+    scales: int
+    width: int
+    height: int
+    max_evaluations: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,4 +153,4 @@ class Result:
     timings: Timings = field(default_factory=Timings)
 
 
-Event = Queued | Started | Progress | Preview | Result
+Event = Queued | Started | ScaleStarted | Progress | Preview | Result

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .graphs import FloatArray, LossGraphs
-from .manifest import content_target_name, gram_target_name
+from .job import Options
+from .manifest import Manifest, content_target_name, gram_target_name
 
 
 def job_targets(
@@ -32,3 +33,21 @@ def job_targets(
             term = (weight * grams[name]).astype(np.float32)
             feeds[name] = term if name not in feeds else feeds[name] + term
     return feeds
+
+
+def layer_weights(
+    manifest: Manifest, options: Options, has_content: bool, has_style: bool
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-layer weights for the loss graph, in the model's layer order; unused layers get 0.
+
+    Content layers weigh 1 each (the export's L_c sums them); style weights are normalised to sum to 1 so that
+    beta keeps its meaning whatever the choice. A job without a content (style) image weighs its content
+    (style) layers 0, which turns that term off: texture synthesis and content reconstruction.
+    """
+    chosen_content = set(options.content_layers or manifest.content_layers)
+    content = tuple(1.0 if has_content and name in chosen_content else 0.0 for name in manifest.content_layers)
+    chosen_style = options.style_layers or manifest.style_layers
+    given = dict(zip(chosen_style, options.style_layer_weights or (1.0,) * len(chosen_style), strict=True))
+    total = sum(given.values())
+    style = tuple(given.get(name, 0.0) / total if has_style else 0.0 for name in manifest.style_layers)
+    return content, style

@@ -11,17 +11,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import torch
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
-from nst_export import reference
-from nst_export.vgg import VGG19Features
-from nst_export.weights import init_random
 from PIL import Image
 
 from tests.images import encoded, picture, png, png_claiming_size
+from tests.reference_losses import first_losses
 from tests.servers import ServerProcess, start_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -91,20 +88,7 @@ def test_reported_loss_matches_pytorch(stub: pb_grpc.StyleTransferServiceStub, m
                                   style_weight=3e5, tv_weight=5.0, init=pb.INIT_GRAY),
     )  # fmt: skip
     progress = next(event for kind, event in _events(stub.Stylize(request)) if kind == "progress")
-
-    model = VGG19Features("relu5_1", "max")
-    init_random(model, seed=3)  # the conftest's model_dir
-
-    def tensor(image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
-
-    layers = (("relu4_2",), ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"))
-    targets = reference.Targets(
-        reference.targets(model, tensor(content), "imagenet", *layers).content,
-        reference.targets(model, tensor(style), "imagenet", *layers).gram,
-    )
-    gray = torch.full((1, 3, 48, 64), 0.5)
-    want = reference.gatys_loss(model, gray, "imagenet", targets, (2.0, 3e5, 5.0), (1.0,), (0.2,) * 5)
+    want = first_losses(content, [style], (2.0, 3e5, 5.0))
     got = progress.losses
     for name in ("total", "content", "style", "tv"):
         assert getattr(got, name) == pytest.approx(float(getattr(want, name)), rel=2e-5, abs=1e-12), name
@@ -172,11 +156,14 @@ def _truncated_jpeg() -> bytes:
 
 BAD_REQUESTS = {
     "undecodable": (dict(content_image=b"not an image"), "content_image: not an image"),
-    "empty-content": (dict(content_image=b""), "content_image: required"),
+    "nothing": (dict(content_image=b"", style_images=[]), "content_image, style_images: both empty"),
     "truncated-png": (dict(content_image=png(64, 64)[:200]), "content_image: not a decodable image"),
     "truncated-jpeg": (dict(content_image=_truncated_jpeg()), "content_image: not a decodable image"),
     "bomb": (dict(content_image=png_claiming_size(50000, 50000)), "2500000000 pixels"),
-    "no-style": (dict(style_images=[]), "style_images: at least one"),
+    "content-init-without-content": (
+        dict(content_image=b"", options=pb.StylizeOptions(init=pb.INIT_CONTENT)),
+        "options.init: INIT_CONTENT needs a content image",
+    ),
     "bad-style": (dict(style_images=[pb.StyleImage(image=b"\x89PNG\r\n")]), "style_images[0].image"),
     "zero-size-side": (dict(content_image=png(400, 20)), "both sides must be at least 32 px"),
     "too-many-evaluations": (dict(options=pb.StylizeOptions(max_evaluations=200000)), "options.max_evaluations"),
@@ -188,7 +175,34 @@ BAD_REQUESTS = {
     "unknown-format": (dict(options=pb.StylizeOptions(output_format=7)), "options.output_format: unknown value 7"),
     "zero-learning-rate": (dict(options=pb.StylizeOptions(learning_rate=0)), "options.learning_rate"),
     "unknown-model": (dict(model="picasso"), "model: 'picasso' is not loaded"),
-    "blend-weight": (dict(style_images=[pb.StyleImage(image=png(64, 64), blend_weight=0.5)]), "not supported yet"),
+    "negative-blend": (
+        dict(style_images=[pb.StyleImage(image=png(64, 64), blend_weight=-1)]),
+        "style_images[0].blend_weight: -1.0",
+    ),
+    "zero-blends": (dict(style_images=[pb.StyleImage(image=png(64, 64), blend_weight=0)]), "at least one must be"),
+    "style-scale": (dict(style_images=[pb.StyleImage(image=png(64, 64), scale=5)]), "style_images[0].scale: 5.0"),
+    "unknown-layer": (
+        dict(options=pb.StylizeOptions(style_layers=["relu9_1"])),
+        "options.style_layers: 'relu9_1' not exported; this model exports relu1_1, relu2_1",
+    ),
+    "layer-weights-count": (
+        dict(options=pb.StylizeOptions(style_layers=["relu1_1"], style_layer_weights=[1, 2])),
+        "options.style_layer_weights: 2 given for 1 style layers",
+    ),
+    "init-image-unasked": (dict(options=pb.StylizeOptions(init_image=png(64, 64))), "options.init_image"),
+    "too-many-scales": (
+        dict(options=pb.StylizeOptions(max_side_px=64, scales=4)),
+        "options.scales: the coarsest of 4 scales is 23x17",
+    ),
+    "texture-size-with-content": (dict(options=pb.StylizeOptions(width_px=64)), "options.width_px/height_px"),
+    "colour-without-content": (
+        dict(content_image=b"", options=pb.StylizeOptions(colour_preservation=pb.COLOUR_PRESERVATION_LUMINANCE)),
+        "options.colour_preservation",
+    ),
+    "unknown-colour": (
+        dict(options=pb.StylizeOptions(colour_preservation=9)),
+        "options.colour_preservation: unknown value 9; allowed: COLOUR_PRESERVATION_UNSPECIFIED",
+    ),
 }
 
 

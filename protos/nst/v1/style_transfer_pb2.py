@@ -24,49 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnst/v1/style_transfer.proto\x12\x06nst.v1\"\x89\x01\n\x0eStylizeRequest\x12\x15\n\rcontent_image\x18\x01 \x01(\x0c\x12(\n\x0cstyle_images\x18\x02 \x03(\x0b\x32\x12.nst.v1.StyleImage\x12\'\n\x07options\x18\x03 \x01(\x0b\x32\x16.nst.v1.StylizeOptions\x12\r\n\x05model\x18\x04 \x01(\t\"e\n\nStyleImage\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x19\n\x0c\x62lend_weight\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05scale\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0f\n\r_blend_weightB\x08\n\x06_scale\"\x98\x03\n\x0eStylizeOptions\x12\x13\n\x0bmax_side_px\x18\x01 \x01(\r\x12\x17\n\x0fmax_evaluations\x18\x02 \x01(\r\x12$\n\toptimizer\x18\x03 \x01(\x0e\x32\x11.nst.v1.Optimizer\x12\x1a\n\rlearning_rate\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x63ontent_weight\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cstyle_weight\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\ttv_weight\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x1a\n\x04init\x18\x08 \x01(\x0e\x32\x0c.nst.v1.Init\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x15\n\rpreview_every\x18\n \x01(\r\x12*\n\routput_format\x18\x0b \x01(\x0e\x32\x13.nst.v1.ImageFormat\x12\x15\n\rlbfgs_history\x18\x0c \x01(\rB\x10\n\x0e_learning_rateB\x11\n\x0f_content_weightB\x0f\n\r_style_weightB\x0c\n\n_tv_weight\"\xd2\x01\n\x0fStylizeResponse\x12#\n\x06queued\x18\x01 \x01(\x0b\x32\x11.nst.v1.JobQueuedH\x00\x12%\n\x07started\x18\x02 \x01(\x0b\x32\x12.nst.v1.JobStartedH\x00\x12$\n\x08progress\x18\x03 \x01(\x0b\x32\x10.nst.v1.ProgressH\x00\x12\"\n\x07preview\x18\x04 \x01(\x0b\x32\x0f.nst.v1.PreviewH\x00\x12 \n\x06result\x18\x05 \x01(\x0b\x32\x0e.nst.v1.ResultH\x00\x42\x07\n\x05\x65vent\"-\n\tJobQueued\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\"\x99\x01\n\nJobStarted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x17\n\x0fmax_evaluations\x18\x05 \x01(\r\x12$\n\toptimizer\x18\x06 \x01(\x0e\x32\x11.nst.v1.Optimizer\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\"C\n\x06Losses\x12\r\n\x05total\x18\x01 \x01(\x01\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x01\x12\r\n\x05style\x18\x03 \x01(\x01\x12\n\n\x02tv\x18\x04 \x01(\x01\"e\n\x08Progress\x12\x11\n\titeration\x18\x01 \x01(\r\x12\x13\n\x0b\x65valuations\x18\x02 \x01(\r\x12\x1e\n\x06losses\x18\x03 \x01(\x0b\x32\x0e.nst.v1.Losses\x12\x11\n\telapsed_s\x18\x04 \x01(\x01\"P\n\x07Preview\x12\x11\n\titeration\x18\x01 \x01(\r\x12\r\n\x05image\x18\x02 \x01(\x0c\x12#\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x13.nst.v1.ImageFormat\"R\n\x07Timings\x12\x10\n\x08queued_s\x18\x01 \x01(\x01\x12\x10\n\x08warmup_s\x18\x02 \x01(\x01\x12\x12\n\noptimise_s\x18\x03 \x01(\x01\x12\x0f\n\x07total_s\x18\x04 \x01(\x01\"\xc6\x01\n\x06Result\x12\r\n\x05image\x18\x01 \x01(\x0c\x12#\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x13.nst.v1.ImageFormat\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x1e\n\x06losses\x18\x05 \x01(\x0b\x32\x0e.nst.v1.Losses\x12\x12\n\niterations\x18\x06 \x01(\r\x12\x13\n\x0b\x65valuations\x18\x07 \x01(\r\x12 \n\x07timings\x18\x08 \x01(\x0b\x32\x0f.nst.v1.Timings\"\x16\n\x14\x44\x65scribeModelRequest\"Z\n\x15\x44\x65scribeModelResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.nst.v1.ModelInfo\x12\x1e\n\x06limits\x18\x02 \x01(\x0b\x32\x0e.nst.v1.Limits\"\xa2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x03 \x01(\t\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x15\n\rpreprocessing\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontent_layers\x18\x06 \x03(\t\x12\x14\n\x0cstyle_layers\x18\x07 \x03(\t\x12\x1e\n\x16\x64\x65\x66\x61ult_content_weight\x18\x08 \x01(\x01\x12\x1c\n\x14\x64\x65\x66\x61ult_style_weight\x18\t \x01(\x01\x12\x19\n\x11\x64\x65\x66\x61ult_tv_weight\x18\n \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\r\n\x05opset\x18\x0c \x01(\x03\x12\x10\n\x08\x65xporter\x18\r \x01(\t\"\x8f\x01\n\x06Limits\x12\x12\n\nmax_pixels\x18\x01 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x04\x12\x12\n\nmax_styles\x18\x03 \x01(\r\x12\x17\n\x0fmax_evaluations\x18\x04 \x01(\r\x12\x16\n\x0emax_concurrent\x18\x05 \x01(\r\x12\x11\n\tmax_queue\x18\x06 \x01(\r*O\n\tOptimizer\x12\x19\n\x15OPTIMIZER_UNSPECIFIED\x10\x00\x12\x13\n\x0fOPTIMIZER_LBFGS\x10\x01\x12\x12\n\x0eOPTIMIZER_ADAM\x10\x02*M\n\x04Init\x12\x14\n\x10INIT_UNSPECIFIED\x10\x00\x12\x10\n\x0cINIT_CONTENT\x10\x01\x12\r\n\tINIT_GRAY\x10\x02\x12\x0e\n\nINIT_NOISE\x10\x03*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03\x32\xa2\x01\n\x14StyleTransferService\x12<\n\x07Stylize\x12\x16.nst.v1.StylizeRequest\x1a\x17.nst.v1.StylizeResponse0\x01\x12L\n\rDescribeModel\x12\x1c.nst.v1.DescribeModelRequest\x1a\x1d.nst.v1.DescribeModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnst/v1/style_transfer.proto\x12\x06nst.v1\"\x89\x01\n\x0eStylizeRequest\x12\x15\n\rcontent_image\x18\x01 \x01(\x0c\x12(\n\x0cstyle_images\x18\x02 \x03(\x0b\x32\x12.nst.v1.StyleImage\x12\'\n\x07options\x18\x03 \x01(\x0b\x32\x16.nst.v1.StylizeOptions\x12\r\n\x05model\x18\x04 \x01(\t\"e\n\nStyleImage\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x19\n\x0c\x62lend_weight\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05scale\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0f\n\r_blend_weightB\x08\n\x06_scale\"\x81\x05\n\x0eStylizeOptions\x12\x13\n\x0bmax_side_px\x18\x01 \x01(\r\x12\x17\n\x0fmax_evaluations\x18\x02 \x01(\r\x12$\n\toptimizer\x18\x03 \x01(\x0e\x32\x11.nst.v1.Optimizer\x12\x1a\n\rlearning_rate\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x63ontent_weight\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cstyle_weight\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\ttv_weight\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x1a\n\x04init\x18\x08 \x01(\x0e\x32\x0c.nst.v1.Init\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x15\n\rpreview_every\x18\n \x01(\r\x12*\n\routput_format\x18\x0b \x01(\x0e\x32\x13.nst.v1.ImageFormat\x12\x15\n\rlbfgs_history\x18\x0c \x01(\r\x12\x37\n\x13\x63olour_preservation\x18\x14 \x01(\x0e\x32\x1a.nst.v1.ColourPreservation\x12\x0e\n\x06scales\x18\x15 \x01(\r\x12\x1a\n\x12\x63oarse_evaluations\x18\x16 \x01(\r\x12\x12\n\ninit_image\x18\x17 \x01(\x0c\x12\x16\n\x0e\x63ontent_layers\x18\x18 \x03(\t\x12\x14\n\x0cstyle_layers\x18\x19 \x03(\t\x12\x1b\n\x13style_layer_weights\x18\x1a \x03(\x01\x12\x10\n\x08width_px\x18\x1b \x01(\r\x12\x11\n\theight_px\x18\x1c \x01(\rB\x10\n\x0e_learning_rateB\x11\n\x0f_content_weightB\x0f\n\r_style_weightB\x0c\n\n_tv_weight\"\x81\x02\n\x0fStylizeResponse\x12#\n\x06queued\x18\x01 \x01(\x0b\x32\x11.nst.v1.JobQueuedH\x00\x12%\n\x07started\x18\x02 \x01(\x0b\x32\x12.nst.v1.JobStartedH\x00\x12$\n\x08progress\x18\x03 \x01(\x0b\x32\x10.nst.v1.ProgressH\x00\x12\"\n\x07preview\x18\x04 \x01(\x0b\x32\x0f.nst.v1.PreviewH\x00\x12 \n\x06result\x18\x05 \x01(\x0b\x32\x0e.nst.v1.ResultH\x00\x12-\n\rscale_started\x18\x06 \x01(\x0b\x32\x14.nst.v1.ScaleStartedH\x00\x42\x07\n\x05\x65vent\"-\n\tJobQueued\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\"\xa9\x01\n\nJobStarted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x17\n\x0fmax_evaluations\x18\x05 \x01(\r\x12$\n\toptimizer\x18\x06 \x01(\x0e\x32\x11.nst.v1.Optimizer\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x0e\n\x06scales\x18\x08 \x01(\r\"e\n\x0cScaleStarted\x12\r\n\x05scale\x18\x01 \x01(\r\x12\x0e\n\x06scales\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x17\n\x0fmax_evaluations\x18\x05 \x01(\r\"C\n\x06Losses\x12\r\n\x05total\x18\x01 \x01(\x01\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x01\x12\r\n\x05style\x18\x03 \x01(\x01\x12\n\n\x02tv\x18\x04 \x01(\x01\"e\n\x08Progress\x12\x11\n\titeration\x18\x01 \x01(\r\x12\x13\n\x0b\x65valuations\x18\x02 \x01(\r\x12\x1e\n\x06losses\x18\x03 \x01(\x0b\x32\x0e.nst.v1.Losses\x12\x11\n\telapsed_s\x18\x04 \x01(\x01\"P\n\x07Preview\x12\x11\n\titeration\x18\x01 \x01(\r\x12\r\n\x05image\x18\x02 \x01(\x0c\x12#\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x13.nst.v1.ImageFormat\"R\n\x07Timings\x12\x10\n\x08queued_s\x18\x01 \x01(\x01\x12\x10\n\x08warmup_s\x18\x02 \x01(\x01\x12\x12\n\noptimise_s\x18\x03 \x01(\x01\x12\x0f\n\x07total_s\x18\x04 \x01(\x01\"\xc6\x01\n\x06Result\x12\r\n\x05image\x18\x01 \x01(\x0c\x12#\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x13.nst.v1.ImageFormat\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x1e\n\x06losses\x18\x05 \x01(\x0b\x32\x0e.nst.v1.Losses\x12\x12\n\niterations\x18\x06 \x01(\r\x12\x13\n\x0b\x65valuations\x18\x07 \x01(\r\x12 \n\x07timings\x18\x08 \x01(\x0b\x32\x0f.nst.v1.Timings\"\x16\n\x14\x44\x65scribeModelRequest\"Z\n\x15\x44\x65scribeModelResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.nst.v1.ModelInfo\x12\x1e\n\x06limits\x18\x02 \x01(\x0b\x32\x0e.nst.v1.Limits\"\xa2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x03 \x01(\t\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x15\n\rpreprocessing\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontent_layers\x18\x06 \x03(\t\x12\x14\n\x0cstyle_layers\x18\x07 \x03(\t\x12\x1e\n\x16\x64\x65\x66\x61ult_content_weight\x18\x08 \x01(\x01\x12\x1c\n\x14\x64\x65\x66\x61ult_style_weight\x18\t \x01(\x01\x12\x19\n\x11\x64\x65\x66\x61ult_tv_weight\x18\n \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\r\n\x05opset\x18\x0c \x01(\x03\x12\x10\n\x08\x65xporter\x18\r \x01(\t\"\x8f\x01\n\x06Limits\x12\x12\n\nmax_pixels\x18\x01 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x04\x12\x12\n\nmax_styles\x18\x03 \x01(\r\x12\x17\n\x0fmax_evaluations\x18\x04 \x01(\r\x12\x16\n\x0emax_concurrent\x18\x05 \x01(\r\x12\x11\n\tmax_queue\x18\x06 \x01(\r*\x9d\x01\n\x12\x43olourPreservation\x12#\n\x1f\x43OLOUR_PRESERVATION_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OLOUR_PRESERVATION_NONE\x10\x01\x12!\n\x1d\x43OLOUR_PRESERVATION_LUMINANCE\x10\x02\x12!\n\x1d\x43OLOUR_PRESERVATION_HISTOGRAM\x10\x03*O\n\tOptimizer\x12\x19\n\x15OPTIMIZER_UNSPECIFIED\x10\x00\x12\x13\n\x0fOPTIMIZER_LBFGS\x10\x01\x12\x12\n\x0eOPTIMIZER_ADAM\x10\x02*]\n\x04Init\x12\x14\n\x10INIT_UNSPECIFIED\x10\x00\x12\x10\n\x0cINIT_CONTENT\x10\x01\x12\r\n\tINIT_GRAY\x10\x02\x12\x0e\n\nINIT_NOISE\x10\x03\x12\x0e\n\nINIT_IMAGE\x10\x04*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03\x32\xa2\x01\n\x14StyleTransferService\x12<\n\x07Stylize\x12\x16.nst.v1.StylizeRequest\x1a\x17.nst.v1.StylizeResponse0\x01\x12L\n\rDescribeModel\x12\x1c.nst.v1.DescribeModelRequest\x1a\x1d.nst.v1.DescribeModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nst.v1.style_transfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPTIMIZER']._serialized_start=2203
-  _globals['_OPTIMIZER']._serialized_end=2282
-  _globals['_INIT']._serialized_start=2284
-  _globals['_INIT']._serialized_end=2361
-  _globals['_IMAGEFORMAT']._serialized_start=2363
-  _globals['_IMAGEFORMAT']._serialized_end=2474
+  _globals['_COLOURPRESERVATION']._serialized_start=2603
+  _globals['_COLOURPRESERVATION']._serialized_end=2760
+  _globals['_OPTIMIZER']._serialized_start=2762
+  _globals['_OPTIMIZER']._serialized_end=2841
+  _globals['_INIT']._serialized_start=2843
+  _globals['_INIT']._serialized_end=2936
+  _globals['_IMAGEFORMAT']._serialized_start=2938
+  _globals['_IMAGEFORMAT']._serialized_end=3049
   _globals['_STYLIZEREQUEST']._serialized_start=40
   _globals['_STYLIZEREQUEST']._serialized_end=177
   _globals['_STYLEIMAGE']._serialized_start=179
   _globals['_STYLEIMAGE']._serialized_end=280
   _globals['_STYLIZEOPTIONS']._serialized_start=283
-  _globals['_STYLIZEOPTIONS']._serialized_end=691
-  _globals['_STYLIZERESPONSE']._serialized_start=694
-  _globals['_STYLIZERESPONSE']._serialized_end=904
-  _globals['_JOBQUEUED']._serialized_start=906
-  _globals['_JOBQUEUED']._serialized_end=951
-  _globals['_JOBSTARTED']._serialized_start=954
-  _globals['_JOBSTARTED']._serialized_end=1107
-  _globals['_LOSSES']._serialized_start=1109
-  _globals['_LOSSES']._serialized_end=1176
-  _globals['_PROGRESS']._serialized_start=1178
-  _globals['_PROGRESS']._serialized_end=1279
-  _globals['_PREVIEW']._serialized_start=1281
-  _globals['_PREVIEW']._serialized_end=1361
-  _globals['_TIMINGS']._serialized_start=1363
-  _globals['_TIMINGS']._serialized_end=1445
-  _globals['_RESULT']._serialized_start=1448
-  _globals['_RESULT']._serialized_end=1646
-  _globals['_DESCRIBEMODELREQUEST']._serialized_start=1648
-  _globals['_DESCRIBEMODELREQUEST']._serialized_end=1670
-  _globals['_DESCRIBEMODELRESPONSE']._serialized_start=1672
-  _globals['_DESCRIBEMODELRESPONSE']._serialized_end=1762
-  _globals['_MODELINFO']._serialized_start=1765
-  _globals['_MODELINFO']._serialized_end=2055
-  _globals['_LIMITS']._serialized_start=2058
-  _globals['_LIMITS']._serialized_end=2201
-  _globals['_STYLETRANSFERSERVICE']._serialized_start=2477
-  _globals['_STYLETRANSFERSERVICE']._serialized_end=2639
+  _globals['_STYLIZEOPTIONS']._serialized_end=924
+  _globals['_STYLIZERESPONSE']._serialized_start=927
+  _globals['_STYLIZERESPONSE']._serialized_end=1184
+  _globals['_JOBQUEUED']._serialized_start=1186
+  _globals['_JOBQUEUED']._serialized_end=1231
+  _globals['_JOBSTARTED']._serialized_start=1234
+  _globals['_JOBSTARTED']._serialized_end=1403
+  _globals['_SCALESTARTED']._serialized_start=1405
+  _globals['_SCALESTARTED']._serialized_end=1506
+  _globals['_LOSSES']._serialized_start=1508
+  _globals['_LOSSES']._serialized_end=1575
+  _globals['_PROGRESS']._serialized_start=1577
+  _globals['_PROGRESS']._serialized_end=1678
+  _globals['_PREVIEW']._serialized_start=1680
+  _globals['_PREVIEW']._serialized_end=1760
+  _globals['_TIMINGS']._serialized_start=1762
+  _globals['_TIMINGS']._serialized_end=1844
+  _globals['_RESULT']._serialized_start=1847
+  _globals['_RESULT']._serialized_end=2045
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=2047
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=2069
+  _globals['_DESCRIBEMODELRESPONSE']._serialized_start=2071
+  _globals['_DESCRIBEMODELRESPONSE']._serialized_end=2161
+  _globals['_MODELINFO']._serialized_start=2164
+  _globals['_MODELINFO']._serialized_end=2454
+  _globals['_LIMITS']._serialized_start=2457
+  _globals['_LIMITS']._serialized_end=2600
+  _globals['_STYLETRANSFERSERVICE']._serialized_start=3052
+  _globals['_STYLETRANSFERSERVICE']._serialized_end=3214
 # @@protoc_insertion_point(module_scope)

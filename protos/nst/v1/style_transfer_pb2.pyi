@@ -7,6 +7,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ColourPreservation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COLOUR_PRESERVATION_UNSPECIFIED: _ClassVar[ColourPreservation]
+    COLOUR_PRESERVATION_NONE: _ClassVar[ColourPreservation]
+    COLOUR_PRESERVATION_LUMINANCE: _ClassVar[ColourPreservation]
+    COLOUR_PRESERVATION_HISTOGRAM: _ClassVar[ColourPreservation]
+
 class Optimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OPTIMIZER_UNSPECIFIED: _ClassVar[Optimizer]
@@ -19,6 +26,7 @@ class Init(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INIT_CONTENT: _ClassVar[Init]
     INIT_GRAY: _ClassVar[Init]
     INIT_NOISE: _ClassVar[Init]
+    INIT_IMAGE: _ClassVar[Init]
 
 class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,6 +34,10 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+COLOUR_PRESERVATION_UNSPECIFIED: ColourPreservation
+COLOUR_PRESERVATION_NONE: ColourPreservation
+COLOUR_PRESERVATION_LUMINANCE: ColourPreservation
+COLOUR_PRESERVATION_HISTOGRAM: ColourPreservation
 OPTIMIZER_UNSPECIFIED: Optimizer
 OPTIMIZER_LBFGS: Optimizer
 OPTIMIZER_ADAM: Optimizer
@@ -33,6 +45,7 @@ INIT_UNSPECIFIED: Init
 INIT_CONTENT: Init
 INIT_GRAY: Init
 INIT_NOISE: Init
+INIT_IMAGE: Init
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat
@@ -61,7 +74,7 @@ class StyleImage(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., blend_weight: _Optional[float] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class StylizeOptions(_message.Message):
-    __slots__ = ("max_side_px", "max_evaluations", "optimizer", "learning_rate", "content_weight", "style_weight", "tv_weight", "init", "seed", "preview_every", "output_format", "lbfgs_history")
+    __slots__ = ("max_side_px", "max_evaluations", "optimizer", "learning_rate", "content_weight", "style_weight", "tv_weight", "init", "seed", "preview_every", "output_format", "lbfgs_history", "colour_preservation", "scales", "coarse_evaluations", "init_image", "content_layers", "style_layers", "style_layer_weights", "width_px", "height_px")
     MAX_SIDE_PX_FIELD_NUMBER: _ClassVar[int]
     MAX_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +87,15 @@ class StylizeOptions(_message.Message):
     PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     LBFGS_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    COLOUR_PRESERVATION_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    COARSE_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    INIT_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    STYLE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    STYLE_LAYER_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_PX_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_PX_FIELD_NUMBER: _ClassVar[int]
     max_side_px: int
     max_evaluations: int
     optimizer: Optimizer
@@ -86,21 +108,32 @@ class StylizeOptions(_message.Message):
     preview_every: int
     output_format: ImageFormat
     lbfgs_history: int
-    def __init__(self, max_side_px: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., init: _Optional[_Union[Init, str]] = ..., seed: _Optional[int] = ..., preview_every: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., lbfgs_history: _Optional[int] = ...) -> None: ...
+    colour_preservation: ColourPreservation
+    scales: int
+    coarse_evaluations: int
+    init_image: bytes
+    content_layers: _containers.RepeatedScalarFieldContainer[str]
+    style_layers: _containers.RepeatedScalarFieldContainer[str]
+    style_layer_weights: _containers.RepeatedScalarFieldContainer[float]
+    width_px: int
+    height_px: int
+    def __init__(self, max_side_px: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., init: _Optional[_Union[Init, str]] = ..., seed: _Optional[int] = ..., preview_every: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., lbfgs_history: _Optional[int] = ..., colour_preservation: _Optional[_Union[ColourPreservation, str]] = ..., scales: _Optional[int] = ..., coarse_evaluations: _Optional[int] = ..., init_image: _Optional[bytes] = ..., content_layers: _Optional[_Iterable[str]] = ..., style_layers: _Optional[_Iterable[str]] = ..., style_layer_weights: _Optional[_Iterable[float]] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ...) -> None: ...
 
 class StylizeResponse(_message.Message):
-    __slots__ = ("queued", "started", "progress", "preview", "result")
+    __slots__ = ("queued", "started", "progress", "preview", "result", "scale_started")
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    SCALE_STARTED_FIELD_NUMBER: _ClassVar[int]
     queued: JobQueued
     started: JobStarted
     progress: Progress
     preview: Preview
     result: Result
-    def __init__(self, queued: _Optional[_Union[JobQueued, _Mapping]] = ..., started: _Optional[_Union[JobStarted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...
+    scale_started: ScaleStarted
+    def __init__(self, queued: _Optional[_Union[JobQueued, _Mapping]] = ..., started: _Optional[_Union[JobStarted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., scale_started: _Optional[_Union[ScaleStarted, _Mapping]] = ...) -> None: ...
 
 class JobQueued(_message.Message):
     __slots__ = ("job_id", "position")
@@ -111,7 +144,7 @@ class JobQueued(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
 
 class JobStarted(_message.Message):
-    __slots__ = ("job_id", "model", "width", "height", "max_evaluations", "optimizer", "device")
+    __slots__ = ("job_id", "model", "width", "height", "max_evaluations", "optimizer", "device", "scales")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +152,7 @@ class JobStarted(_message.Message):
     MAX_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model: str
     width: int
@@ -126,7 +160,22 @@ class JobStarted(_message.Message):
     max_evaluations: int
     optimizer: Optimizer
     device: str
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., device: _Optional[str] = ...) -> None: ...
+    scales: int
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., device: _Optional[str] = ..., scales: _Optional[int] = ...) -> None: ...
+
+class ScaleStarted(_message.Message):
+    __slots__ = ("scale", "scales", "width", "height", "max_evaluations")
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    scale: int
+    scales: int
+    width: int
+    height: int
+    max_evaluations: int
+    def __init__(self, scale: _Optional[int] = ..., scales: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., max_evaluations: _Optional[int] = ...) -> None: ...
 
 class Losses(_message.Message):
     __slots__ = ("total", "content", "style", "tv")

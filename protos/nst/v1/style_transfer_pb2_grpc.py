@@ -53,9 +53,10 @@ class StyleTransferServiceServicer:
 
     def Stylize(self, request, context):
         """Runs one style transfer job and streams its events: zero or more
-        `queued` while the job waits for a free slot, then `started`, then one
-        `progress` per optimiser iteration, a `preview` every
-        `StylizeOptions.preview_every` iterations, and `result` last. Invalid
+        `queued` while the job waits for a free slot, then `started`, then for
+        each scale (one unless `StylizeOptions.scales` says more) a
+        `scale_started` and one `progress` per optimiser iteration, a `preview`
+        every `StylizeOptions.preview_every` iterations, and `result` last. Invalid
         requests fail with INVALID_ARGUMENT before any event is sent; a full queue
         fails with RESOURCE_EXHAUSTED. Cancelling the call stops the job.
         """
