@@ -5,6 +5,8 @@
 #   docker build --target cpu -t nst:cpu .                 CPU-only image for machines without a GPU
 #   docker build --build-arg WEIGHTS=caffe -t nst .        caffe | imagenet | random (random: tests, not art)
 #   docker run --gpus all -p 50051:50051 nst               stop with `docker stop -t 30` (drain + grace below)
+#   docker run --gpus all -p 50051:50051 -p 8000:8000 nst --device cuda --drain 2 --grace 25 --metrics-port 8000
+#                                                          the same, with Prometheus metrics at :8000/metrics
 #
 # Both runtime targets share one python:3.11-slim base. The GPU target gets CUDA 13 and cuDNN 9, which
 # onnxruntime-gpu 1.31 is built against, as NVIDIA's pip wheels (onnxruntime-gpu[cuda,cudnn]); nst-server
@@ -25,6 +27,9 @@ COPY server server
 COPY client client
 COPY export export
 # torch's CPU build: the export runs no GPU code, and PyPI's default torch would add gigabytes of CUDA.
+# DL3013 (pin versions in pip) is ignored here alone: ".[export]" is this source tree, whose pyproject.toml pins
+# what matters (torch==2.13.0); there is no version of it to pin.
+# hadolint ignore=DL3013
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && pip install ".[export]" \
     && pip wheel --no-deps --wheel-dir /dist .

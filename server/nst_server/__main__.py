@@ -80,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.grace_s,
         help=f"seconds for running jobs on shutdown (default {d.grace_s:g})",
     )
+    parser.add_argument(
+        "--max-connection-age",
+        dest="max_connection_age_s",
+        type=float,
+        default=d.max_connection_age_s,
+        help="seconds before a client connection is asked to reconnect, running calls unaffected (default: never)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=d.metrics_port,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: not served; 0 picks a free port)",
+    )
+    parser.add_argument("--metrics-host", default=d.metrics_host, help="address for the metrics (default: --host)")
     return parser
 
 

@@ -16,6 +16,7 @@ from .admission import Admission
 from .config import ServerConfig
 from .errors import ShuttingDown
 from .graphs import LossGraphs
+from .metrics import Metrics
 from .servicer import StyleTransferServicer
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,19 @@ def load_models(config: ServerConfig) -> list[LossGraphs]:
 async def serve(config: ServerConfig, models: list[LossGraphs]) -> None:
     """Serve until SIGTERM or SIGINT, then drain: NOT_SERVING, refuse new jobs, finish or cancel the rest."""
     limit = config.max_message_bytes + _MESSAGE_OVERHEAD_BYTES
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-    )
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+    ]
+    if config.max_connection_age_s > 0:
+        # GOAWAY after this age makes clients open a new connection, re-resolving a dns:/// target on the way, so
+        # replicas added by the autoscaler get their share. The age's grace stays gRPC's default (unlimited):
+        # streams already running on the old connection finish however long they take.
+        options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)))
+    server = grpc.aio.server(options=options)
     admission = Admission(config.max_concurrent, config.max_queue)
-    servicer = StyleTransferServicer(models, config, admission)
+    metrics = Metrics(admission, models)  # recorded always (it is cheap), published only when asked for
+    servicer = StyleTransferServicer(models, config, admission, metrics)
     pb_grpc.add_StyleTransferServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -45,15 +54,18 @@ async def serve(config: ServerConfig, models: list[LossGraphs]) -> None:
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
-    await server.start()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("listening on %s:%d (device %s)", config.host, port, ", ".join(sorted({m.device for m in models})))
-
+    if config.metrics_port is not None:
+        metrics_host = config.metrics_host or config.host
+        log.info("metrics on %s:%d", metrics_host, metrics.serve(metrics_host, config.metrics_port))
+    # Handlers before the listener starts: a SIGTERM that follows "listening on" at once still drains (exit 0).
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("listening on %s:%d (device %s)", config.host, port, ", ".join(sorted({m.device for m in models})))
     await stopping.wait()
 
     log.info("shutting down: NOT_SERVING for %.1fs, then up to %.1fs for running jobs", config.drain_s, config.grace_s)
@@ -70,4 +82,5 @@ async def serve(config: ServerConfig, models: list[LossGraphs]) -> None:
         )
         await asyncio.wait_for(admission.wait_idle(), timeout=config.grace_s)
     await server.stop(grace=1.0)
+    metrics.close()
     log.info("stopped")

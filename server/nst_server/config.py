@@ -26,3 +26,6 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     drain_s: float = 5.0  # after SIGTERM, health answers NOT_SERVING this long before the listener closes
     grace_s: float = 30.0  # then running jobs get this long to finish before they are cancelled
+    max_connection_age_s: float = 0.0  # then GOAWAY, so clients re-resolve DNS and find new replicas; 0 = never
+    metrics_port: int | None = None  # Prometheus /metrics; None = not served, 0 = a free port
+    metrics_host: str | None = None  # None = the same address as the gRPC listener

@@ -20,6 +20,7 @@ from .config import ServerConfig
 from .errors import Cancelled, JobError
 from .graphs import LossGraphs
 from .job import Event, Job, Progress, Queued, Result
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,13 @@ class _Stop:
 class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
     """Stylize and DescribeModel over the loaded models."""
 
-    def __init__(self, models: Sequence[LossGraphs], config: ServerConfig, admission: Admission) -> None:
+    def __init__(
+        self, models: Sequence[LossGraphs], config: ServerConfig, admission: Admission, metrics: Metrics
+    ) -> None:
         self._models = models
         self._config = config
         self._admission = admission
+        self._metrics = metrics
         # Jobs run here; admission keeps at most max_concurrent of them busy.
         self._workers = ThreadPoolExecutor(max_workers=config.max_concurrent, thread_name_prefix="job")
         self._running: dict[str, _Stop] = {}
@@ -61,7 +65,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
     ) -> AsyncIterator[pb.StylizeResponse]:
         job_id = uuid.uuid4().hex[:12]
         received = time.perf_counter()
-        outcome, job, last = "error", None, None
+        outcome, code, job, last = "error", grpc.StatusCode.UNKNOWN, None, None
+        recorder = self._metrics.job()
         try:
             reservation = self._admission.reserve()
             try:
@@ -73,18 +78,21 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
                     yield codec.to_response(Queued(job_id, position))
                 async for event in self._run(job, reservation, time.perf_counter() - received):
                     last = event if isinstance(event, Progress | Result) else last
+                    recorder.event(event)
                     yield codec.to_response(event)
-                outcome = "ok"
+                outcome, code = "ok", grpc.StatusCode.OK
             finally:
                 reservation.release()  # no-op once the job's own release ran; frees a queue place otherwise
         except JobError as error:
-            outcome = type(error).__name__
+            outcome, code = type(error).__name__, error.status
             await context.abort(error.status, str(error))
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            outcome, code = "cancelled", grpc.StatusCode.CANCELLED
             raise
         finally:
-            _log_job(job_id, job, last, outcome, time.perf_counter() - received)
+            seconds = time.perf_counter() - received
+            _log_job(job_id, job, last, outcome, seconds)
+            recorder.finished(outcome, code, seconds)
 
     async def _run(self, job: Job, reservation: Reservation, queued_s: float) -> AsyncIterator[Event]:
         """Run the job on a worker thread and relay its events; stop it if this coroutine is cancelled."""
@@ -136,7 +144,7 @@ def _log_job(job_id: str, job: Job | None, last: Progress | Result | None, outco
     """One logfmt line per job, whatever its ending."""
     fields = {"id": job_id, "outcome": outcome, "seconds": f"{seconds:.3f}"}
     if job is not None:
-        fields |= {"model": job.model, "size": f"{job.content.shape[3]}x{job.content.shape[2]}"}
+        fields |= {"model": job.model, "size": f"{job.size[0]}x{job.size[1]}"}
     if last is not None:
         fields |= {
             "iterations": getattr(last, "iterations", getattr(last, "iteration", 0)),

@@ -1,0 +1,193 @@
+"""The library's values: events of a job, what the server runs, and the one error type.
+
+Plain frozen dataclasses, so that callers never handle generated protobuf types.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal, TypedDict
+
+import grpc
+from PIL import Image
+
+OptimizerName = Literal["lbfgs", "adam"]
+InitName = Literal["content", "gray", "noise"]
+ImageFormatName = Literal["png", "jpeg", "webp"]
+HealthStatus = Literal["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]
+
+
+class StyleTransferError(Exception):
+    """A call failed: ``code`` is the gRPC status (branch on it), ``message`` what the server or gRPC said."""
+
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> StyleTransferError:
+        """The error for a failed gRPC call (a ``grpc.Call``, which every RpcError from a stub is)."""
+        code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = error.details() if isinstance(error, grpc.Call) else None
+        return cls(details or code.name, code)
+
+    def __repr__(self) -> str:
+        return f"StyleTransferError({self.message!r}, {self.code})"
+
+
+@dataclass(frozen=True, slots=True)
+class Losses:
+    """Loss values of one image: the terms unweighted, ``total`` weighted."""
+
+    total: float
+    content: float
+    style: float
+    tv: float
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The job waits for a free slot; ``position`` 1 is next."""
+
+    job_id: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The job got a slot; the values are the resolved ones (never "server default")."""
+
+    job_id: str
+    model: str
+    width: int
+    height: int
+    max_evaluations: int
+    optimizer: OptimizerName
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """One optimiser iteration finished (``iteration`` counts from 1)."""
+
+    iteration: int
+    evaluations: int
+    losses: Losses
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """The current image, mid-optimisation, encoded as ``format``."""
+
+    iteration: int
+    image: bytes
+    format: ImageFormatName
+
+    def to_image(self) -> Image.Image:
+        """The decoded image.
+
+        Raises:
+            PIL.UnidentifiedImageError: the bytes are not an image (a server bug).
+        """
+        return _decode(self.image)
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Where a job's time went, in seconds."""
+
+    queued_s: float
+    warmup_s: float
+    optimise_s: float
+    total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The final image, encoded as ``format``, and how it was reached."""
+
+    image: bytes
+    format: ImageFormatName
+    width: int
+    height: int
+    losses: Losses
+    iterations: int
+    evaluations: int
+    timings: Timings
+
+    def to_image(self) -> Image.Image:
+        """The decoded image.
+
+        Raises:
+            PIL.UnidentifiedImageError: the bytes are not an image (a server bug).
+        """
+        return _decode(self.image)
+
+
+Event = Queued | Started | Progress | Preview | Result
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model the server can run; the default weights apply when a request leaves them unset."""
+
+    name: str
+    weights: str
+    weights_sha256: str
+    pooling: str
+    preprocessing: str
+    content_layers: tuple[str, ...]
+    style_layers: tuple[str, ...]
+    default_content_weight: float
+    default_style_weight: float
+    default_tv_weight: float
+    device: str
+    opset: int
+    exporter: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits the server enforces on requests."""
+
+    max_pixels: int
+    max_message_bytes: int
+    max_styles: int
+    max_evaluations: int
+    max_concurrent: int
+    max_queue: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the server runs (the first model is its default) and its limits."""
+
+    models: tuple[ModelInfo, ...]
+    limits: Limits
+
+
+class StylizeOptions(TypedDict, total=False):
+    """The options of ``StyleClient.stylize`` as keyword arguments; a missing key means the server default."""
+
+    max_side_px: int | None
+    max_evaluations: int | None
+    optimizer: OptimizerName | None
+    learning_rate: float | None
+    content_weight: float | None
+    style_weight: float | None
+    tv_weight: float | None
+    init: InitName | None
+    seed: int | None
+    preview_every: int | None
+    output_format: ImageFormatName | None
+    lbfgs_history: int | None
+    model: str | None
+
+
+def _decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()  # decode now, while the bytes are at hand, rather than lazily on first pixel access
+    return image

@@ -1,0 +1,88 @@
+"""Helpers of the client tests: input files, waiting for server log lines, free ports, a recording gRPC server."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from nst.v1 import style_transfer_pb2 as pb
+from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+
+from tests.images import encoded, picture
+from tests.servers import ServerProcess
+
+
+@dataclass(frozen=True)
+class Inputs:
+    content: Path  # 80x60 PNG
+    style: Path  # 64x64 PNG
+
+
+def wait_logged_after(server: ServerProcess, start: int, pattern: str, timeout_s: float = 60.0) -> str:
+    """The first line matching ``pattern`` among those the server logged after its first ``start`` lines."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in server.lines[start:]:
+            if re.search(pattern, line):
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"server never logged {pattern!r} after line {start}; log:\n{server.log()}")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound once by the OS, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Recorder(pb_grpc.StyleTransferServiceServicer):
+    """A stand-in StyleTransferService that records each call's metadata; it can fail with UNAVAILABLE on cue."""
+
+    fail_first: int = 0  # this many Stylize attempts fail with UNAVAILABLE before sending anything
+    fail_after_start: bool = False  # fail with UNAVAILABLE after the `started` event
+    calls: list[dict[str, str]] = field(default_factory=list)
+
+    def DescribeModel(  # noqa: N802 (gRPC's method name)
+        self, request: pb.DescribeModelRequest, context: grpc.ServicerContext
+    ) -> pb.DescribeModelResponse:
+        self.calls.append(dict(context.invocation_metadata()))  # type: ignore[arg-type]
+        return pb.DescribeModelResponse(limits=pb.Limits(max_concurrent=1))
+
+    def Stylize(self, request: pb.StylizeRequest, context: grpc.ServicerContext) -> Iterator[pb.StylizeResponse]:  # noqa: N802
+        self.calls.append(dict(context.invocation_metadata()))  # type: ignore[arg-type]
+        if len(self.calls) <= self.fail_first:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        yield pb.StylizeResponse(started=pb.JobStarted(job_id="j", model="m", width=32, height=32, max_evaluations=1))
+        if self.fail_after_start:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "lost the worker")
+        image = encoded(picture(32, 32, 0))
+        yield pb.StylizeResponse(result=pb.Result(image=image, format=pb.IMAGE_FORMAT_PNG, width=32, height=32))
+
+
+@dataclass
+class RecordingServer:
+    recorder: Recorder
+    address: str
+
+
+def serve_recorder(recorder: Recorder, credentials: grpc.ServerCredentials | None = None) -> Iterator[RecordingServer]:
+    """Serve ``recorder`` on a free loopback port (TLS with ``credentials``) until the generator is closed."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_StyleTransferServiceServicer_to_server(recorder, server)
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        yield RecordingServer(recorder, f"127.0.0.1:{port}")
+    finally:
+        server.stop(grace=None)

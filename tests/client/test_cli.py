@@ -1,0 +1,209 @@
+"""The real `nst` CLI, run as a subprocess against a real server process on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.client.support import Inputs, RecordingServer, free_port, wait_logged_after
+from tests.servers import ServerProcess
+
+QUICK = ("--size", "64", "--optimizer", "adam", "--iterations")  # 64 px and Adam: one evaluation per iteration
+
+
+def nst(*args: str | Path, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion, capturing stdout and stderr."""
+    command = [sys.executable, "-m", "nst_client.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=_env())
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("NST_SERVER", "NST_TOKEN", "NST_DEBUG"):  # the tests say everything on the command line
+        env.pop(name, None)
+    return env
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("nst: error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("suffix", "pil_format"), [(".png", "PNG"), (".jpg", "JPEG"), (".webp", "WEBP")])
+def test_writes_the_styled_image(
+    server: ServerProcess, inputs: Inputs, tmp_path: Path, suffix: str, pil_format: str
+) -> None:
+    """The output file is in OUT's format, its longest side is --size and it keeps the content's 4:3 aspect ratio."""
+    out = tmp_path / f"styled{suffix}"
+    done = nst("stylize", inputs.content, inputs.style, "-o", out, "--server", server.address, *QUICK, "3")
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")  # --progress defaults to none off a terminal
+    with Image.open(out) as image:
+        assert (image.format, image.size) == (pil_format, (64, 48))
+    assert os.listdir(tmp_path) == [out.name]  # no temporary file left behind
+
+
+def test_json_progress_lines(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
+    """With --progress json every stdout line is a JSON event: started, progress counting 1, 2, 3..., result last."""
+    out = tmp_path / "styled.png"
+    done = nst("stylize", inputs.content, inputs.style, "-o", out, "--server", server.address, *QUICK, "5",
+               "--progress", "json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["started"] + ["progress"] * 5 + ["result"]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [p["iteration"] for p in progress] == [1, 2, 3, 4, 5]
+    assert [p["evaluations"] for p in progress] == [1, 2, 3, 4, 5]
+    assert all({"total", "content", "style", "tv", "elapsed_s"} <= p.keys() for p in progress)
+    result = events[-1]
+    assert (result["path"], result["width"], result["height"], result["evaluations"]) == (str(out), 64, 48, 5)
+    assert result["losses"]["total"] == progress[-1]["total"]
+    assert out.is_file()
+
+
+def test_save_every_writes_previews(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
+    """--save-every 2 writes the previews of iterations 2, 4 and 6 next to OUT as OUT_STEM.iterNNNN.EXT."""
+    out = tmp_path / "styled.jpg"
+    done = nst("stylize", inputs.content, inputs.style, "-o", out, "--server", server.address, *QUICK, "6",
+               "--save-every", "2", "--progress", "json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    previews = ["styled.iter0002.jpg", "styled.iter0004.jpg", "styled.iter0006.jpg"]
+    assert sorted(os.listdir(tmp_path)) == sorted([*previews, "styled.jpg"])
+    for name in previews:
+        with Image.open(tmp_path / name) as image:
+            assert (image.format, image.size) == ("JPEG", (64, 48))
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["path"] for line in lines if line["event"] == "preview"] == [str(tmp_path / n) for n in previews]
+
+
+def test_unreachable_server(inputs: Inputs, tmp_path: Path) -> None:
+    """With nobody listening the CLI exits 1 with one stderr line naming the address, after gRPC's retries end."""
+    address = f"127.0.0.1:{free_port()}"
+    done = nst("stylize", inputs.content, inputs.style, "-o", tmp_path / "out.png", "--server", address, timeout_s=60)
+    assert done.returncode == 1
+    assert address in _one_error_line(done.stderr)
+    assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("missing", ["content", "style"])
+def test_missing_input_file(inputs: Inputs, tmp_path: Path, recording: RecordingServer, missing: str) -> None:
+    """A missing input file exits 1 with one line naming it, before any call to the server."""
+    absent = tmp_path / "absent.png"
+    files = (absent, inputs.style) if missing == "content" else (inputs.content, absent)
+    done = nst("stylize", *files, "-o", tmp_path / "out.png", "--server", recording.address)
+    assert done.returncode == 1
+    line = _one_error_line(done.stderr)
+    assert str(absent) in line
+    assert "No such file" in line
+    assert recording.recorder.calls == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "content_bytes", "message"),
+    [
+        (("--iterations", "999999999"), None, "options.max_evaluations: 999999999 is out of range"),
+        ((), b"not an image at all", "content_image: not an image"),
+    ],
+    ids=["over-the-limit", "undecodable"],
+)
+def test_rejected_request(
+    server: ServerProcess, inputs: Inputs, tmp_path: Path, flags: tuple[str, ...], content_bytes: bytes | None,
+    message: str,
+) -> None:  # fmt: skip
+    """A request the server refuses exits 1 with the server's message on one stderr line and writes nothing."""
+    content = inputs.content
+    if content_bytes is not None:
+        content = tmp_path / "content.png"
+        content.write_bytes(content_bytes)
+    out = tmp_path / "out.png"
+    done = nst("stylize", content, inputs.style, "-o", out, "--server", server.address, "--size", "64", *flags)
+    assert done.returncode == 1
+    assert message in _one_error_line(done.stderr)
+    assert not out.exists()
+
+
+def test_bad_extension_is_a_usage_error(inputs: Inputs, tmp_path: Path, recording: RecordingServer) -> None:
+    """An OUT extension other than .png/.jpg/.jpeg/.webp exits 2 without contacting the server."""
+    done = nst("stylize", inputs.content, inputs.style, "-o", tmp_path / "out.gif", "--server", recording.address)
+    assert done.returncode == 2
+    assert "OUT must end in .png, .jpg, .jpeg, .webp" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert recording.recorder.calls == []
+
+
+def test_bad_flag_is_a_usage_error(inputs: Inputs, tmp_path: Path) -> None:
+    """An optimizer outside the choices exits 2 with argparse's message."""
+    done = nst("stylize", inputs.content, inputs.style, "-o", tmp_path / "out.png", "--optimizer", "sgd")
+    assert done.returncode == 2
+    assert "invalid choice: 'sgd'" in done.stderr
+
+
+def _sigint_as_on_a_terminal() -> None:
+    # A shell starts background jobs with SIGINT ignored and children inherit that; a terminal's Ctrl-C does not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_interrupt_cancels_the_job(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
+    """SIGINT exits 130, the server cancels the job, and its only slot then serves the next job."""
+    start = len(server.lines)
+    out = tmp_path / "long.png"
+    command = [sys.executable, "-m", "nst_client.cli", "stylize", str(inputs.content), str(inputs.style), "-o",
+               str(out), "--server", server.address, "--size", "128", "--optimizer", "adam", "--iterations", "5000",
+               "--progress", "json"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                               preexec_fn=_sigint_as_on_a_terminal)  # fmt: skip
+    watchdog = threading.Timer(120, process.kill)  # bounds the blocking readline below
+    watchdog.start()
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if json.loads(line)["event"] == "progress":
+                break
+        else:
+            pytest.fail(f"no progress line before the CLI ended: {process.wait()} {process.communicate()[1]}")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        process.kill() if process.poll() is None else None
+    assert process.returncode == 130
+    assert stderr == "nst: interrupted; job cancelled\n"
+    wait_logged_after(server, start, r"outcome=cancelled")
+    assert os.listdir(tmp_path) == []  # neither the output nor a temporary file
+
+    after = nst("stylize", inputs.content, inputs.style, "-o", out, "--server", server.address, *QUICK, "2")
+    assert after.returncode == 0, after.stderr
+    assert out.is_file()
+
+
+def test_info_and_health(server: ServerProcess, model_dir: Path) -> None:
+    """`nst info --json` describes the served model and its limits; `nst health` prints SERVING and exits 0."""
+    info = nst("info", "--json", "--server", server.address)
+    assert info.returncode == 0, info.stderr
+    described = json.loads(info.stdout)
+    assert [m["name"] for m in described["models"]] == [model_dir.name]
+    assert (described["limits"]["max_concurrent"], described["limits"]["max_queue"]) == (1, 1)
+    human = nst("info", "--server", server.address)
+    assert f"model {model_dir.name} (default)" in human.stdout
+    health = nst("health", "--server", server.address)
+    assert (health.returncode, health.stdout) == (0, "SERVING\n")
+
+
+def test_token_file_is_sent_as_bearer(recording: RecordingServer, tmp_path: Path) -> None:
+    """--token-file's content (stripped) reaches the server as `authorization: Bearer <token>`."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    done = nst("info", "--server", recording.address, "--token-file", token_file)
+    assert done.returncode == 0, done.stderr
+    assert recording.recorder.calls[-1]["authorization"] == "Bearer s3cret-token"

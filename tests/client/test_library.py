@@ -1,0 +1,250 @@
+"""The `nst_client` library against a real server process, and against a tiny recording gRPC server."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import subprocess
+import sys
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from nst_client import Preview, Progress, Result, ServerInfo, Started, StyleClient, StyleTransferError
+from nst_client._types import StylizeOptions
+from PIL import Image
+
+from tests.client.support import Inputs, Recorder, RecordingServer, free_port, serve_recorder, wait_logged_after
+from tests.servers import ServerProcess
+
+LONG_JOB = {"max_side_px": 128, "max_evaluations": 5000, "optimizer": "adam"}
+
+
+@pytest.fixture(name="client", scope="module")
+def _client(server: ServerProcess) -> Iterator[StyleClient]:
+    with StyleClient(server.address) as client:
+        yield client
+
+
+def test_stream_of_events(client: StyleClient, inputs: Inputs) -> None:
+    """stylize yields Started, one Progress per iteration with a Preview every N, and a Result last."""
+    call = client.stylize(inputs.content, inputs.style, max_side_px=64, max_evaluations=4, optimizer="adam",
+                          preview_every=2, timeout_s=120)  # fmt: skip
+    events = list(call)
+    assert isinstance(events[0], Started)
+    assert (events[0].width, events[0].height, events[0].max_evaluations, events[0].optimizer) == (64, 48, 4, "adam")
+    assert [e.iteration for e in events if isinstance(e, Progress)] == [1, 2, 3, 4]
+    previews = [e for e in events if isinstance(e, Preview)]
+    assert [p.iteration for p in previews] == [2, 4]
+    assert previews[0].to_image().size == (64, 48)
+    result = events[-1]
+    assert isinstance(result, Result)
+    assert (result.format, result.width, result.height, result.evaluations) == ("png", 64, 48, 4)
+    assert result.to_image().size == (64, 48)
+    assert result.timings.total_s > 0
+
+
+def _as(kind: str, path: Path) -> Any:
+    if kind == "path":
+        return path
+    if kind == "str":
+        return str(path)
+    if kind == "bytes":
+        return path.read_bytes()
+    image = Image.open(path).convert("RGB")
+    if kind == "pil":
+        return image
+    array = np.asarray(image)
+    return array if kind == "uint8-array" else array.astype(np.float32) / 255
+
+
+@pytest.mark.parametrize("kind", ["path", "str", "bytes", "pil", "uint8-array", "float-array"])
+def test_image_inputs(client: StyleClient, inputs: Inputs, kind: str) -> None:
+    """Content and styles may be paths, bytes, PIL images or numpy arrays; stylize_image returns the PIL result."""
+    image = client.stylize_image(_as(kind, inputs.content), [_as(kind, inputs.style)], max_side_px=64,
+                                 max_evaluations=2, optimizer="adam", output_format="jpeg")  # fmt: skip
+    assert isinstance(image, Image.Image)
+    assert (image.format, image.size) == ("JPEG", (64, 48))
+
+
+def test_breaking_out_cancels_the_job(client: StyleClient, server: ServerProcess, inputs: Inputs) -> None:
+    """Leaving the event loop early cancels the RPC: the server logs outcome=cancelled and its one slot frees."""
+    start = len(server.lines)
+    for event in client.stylize(inputs.content, inputs.style, **LONG_JOB):
+        if isinstance(event, Progress):
+            break
+    wait_logged_after(server, start, r"outcome=cancelled")
+    assert client.stylize_image(inputs.content, inputs.style, max_side_px=64, max_evaluations=2).size == (64, 48)
+
+
+def test_cancel_raises_cancelled(client: StyleClient, server: ServerProcess, inputs: Inputs) -> None:
+    """After call.cancel() the iterator raises StyleTransferError with CANCELLED, and the server stops the job."""
+    start = len(server.lines)
+    call = client.stylize(inputs.content, inputs.style, **LONG_JOB)
+    events = iter(call)
+    assert isinstance(next(events), Started)
+    call.cancel()
+    with pytest.raises(StyleTransferError) as error:
+        list(events)
+    assert error.value.code == grpc.StatusCode.CANCELLED
+    wait_logged_after(server, start, r"outcome=cancelled")
+
+
+def test_deadline_passes_through(client: StyleClient, inputs: Inputs) -> None:
+    """A job past timeout_s ends with DEADLINE_EXCEEDED, and the next job runs."""
+    with pytest.raises(StyleTransferError) as error:
+        list(client.stylize(inputs.content, inputs.style, timeout_s=2, **LONG_JOB))
+    assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert client.stylize_image(inputs.content, inputs.style, max_side_px=64, max_evaluations=2).size == (64, 48)
+
+
+@pytest.mark.parametrize(
+    ("content", "options", "message"),
+    [
+        (None, {"max_evaluations": 999_999_999}, "options.max_evaluations: 999999999 is out of range"),
+        (b"not an image", {}, "content_image: not an image"),
+        (None, {"model": "picasso"}, "model: 'picasso' is not loaded"),
+    ],
+    ids=["over-the-limit", "undecodable", "unknown-model"],
+)
+def test_server_errors(client: StyleClient, inputs: Inputs, content: bytes | None, options: Any, message: str) -> None:
+    """A refused request raises StyleTransferError with INVALID_ARGUMENT and the server's message."""
+    with pytest.raises(StyleTransferError) as error:
+        list(client.stylize(content or inputs.content, inputs.style, max_side_px=64, **options))
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.message
+    assert message in str(error.value)
+
+
+def test_describe_and_health(client: StyleClient, model_dir: Path) -> None:
+    """describe() returns plain dataclasses of the model and limits; health() returns SERVING."""
+    info = client.describe(timeout_s=30)
+    assert isinstance(info, ServerInfo)
+    assert dataclasses.is_dataclass(info.limits)
+    (model,) = info.models
+    assert (model.name, model.weights, model.pooling, model.device) == (model_dir.name, "random", "max", "cpu")
+    assert model.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    assert model.default_style_weight == 1e6
+    assert (info.limits.max_concurrent, info.limits.max_queue, info.limits.max_evaluations) == (1, 1, 5000)
+    assert client.health(timeout_s=30) == "SERVING"
+    assert client.health("", timeout_s=30) == "SERVING"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "allowed"),
+    [
+        ("optimizer", "sgd", "'lbfgs', 'adam'"),
+        ("init", "random", "'content', 'gray', 'noise'"),
+        ("output_format", "gif", "'png', 'jpeg', 'webp'"),
+    ],
+)
+def test_bad_option_strings(client: StyleClient, inputs: Inputs, option: str, value: str, allowed: str) -> None:
+    """An option string outside its choices raises ValueError naming the allowed values, before any call."""
+    with pytest.raises(ValueError, match=allowed):
+        client.stylize(inputs.content, inputs.style, **{option: value})
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((8, 8), np.uint8), "HxWx3"),
+        (np.full((8, 8, 3), 2.0), r"\[0, 1\]"),
+        (np.zeros((8, 8, 3), np.int64), "uint8 or float"),
+    ],
+)
+def test_bad_arrays(client: StyleClient, inputs: Inputs, image: Any, message: str) -> None:
+    """Arrays that are not HxWx3 uint8 or float in [0, 1] raise ValueError."""
+    with pytest.raises(ValueError, match=message):
+        client.stylize(image, inputs.style)
+
+
+def test_missing_file_raises_oserror(client: StyleClient, inputs: Inputs, tmp_path: Path) -> None:
+    """A path that does not exist raises FileNotFoundError when the job is requested."""
+    with pytest.raises(FileNotFoundError):
+        client.stylize(tmp_path / "absent.png", inputs.style)
+
+
+def test_unreachable_server_is_unavailable() -> None:
+    """A call to a port nobody listens on raises StyleTransferError with UNAVAILABLE once retries are spent."""
+    with StyleClient(f"127.0.0.1:{free_port()}") as client, pytest.raises(StyleTransferError) as error:
+        client.describe(timeout_s=30)
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_transient_unavailable_is_retried() -> None:
+    """UNAVAILABLE before the first event is retried transparently by gRPC's retry policy."""
+    for served in serve_recorder(Recorder(fail_first=2)):
+        with StyleClient(served.address) as client:
+            events = list(client.stylize(b"content", b"style", timeout_s=60))
+        assert isinstance(events[-1], Result)
+        assert len(served.recorder.calls) == 3
+
+
+def test_no_retry_once_started() -> None:
+    """UNAVAILABLE after the job has started is not retried: the caller gets it, and the job ran once."""
+    for served in serve_recorder(Recorder(fail_after_start=True)):
+        with StyleClient(served.address) as client, pytest.raises(StyleTransferError) as error:
+            list(client.stylize(b"content", b"style", timeout_s=60))
+        assert (error.value.code, error.value.message) == (grpc.StatusCode.UNAVAILABLE, "lost the worker")
+        assert len(served.recorder.calls) == 1
+
+
+def test_token_sent_as_bearer_metadata(recording: RecordingServer) -> None:
+    """On plaintext the token reaches the server as `authorization: Bearer <token>` on unary and streaming calls."""
+    with StyleClient(recording.address, token="s3cret") as client:
+        client.describe(timeout_s=30)
+        list(client.stylize(b"content", b"style", timeout_s=30))
+    assert [call["authorization"] for call in recording.recorder.calls] == ["Bearer s3cret"] * 2
+
+
+def _self_signed(folder: Path) -> tuple[bytes, bytes]:
+    """A certificate for 127.0.0.1 and its key, from the openssl command line tool."""
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+               "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"), "-days", "1",
+               "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]  # fmt: skip
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+    except FileNotFoundError:
+        pytest.skip("the openssl command is not installed")
+    return (folder / "cert.pem").read_bytes(), (folder / "key.pem").read_bytes()
+
+
+def test_token_over_tls(tmp_path: Path) -> None:
+    """With TLS the token travels as call credentials and arrives as `authorization: Bearer <token>`."""
+    cert, key = _self_signed(tmp_path)
+    for served in serve_recorder(Recorder(), grpc.ssl_server_credentials([(key, cert)])):
+        with StyleClient(served.address, tls=True, root_certificates=cert, token="tls-token") as client:
+            client.describe(timeout_s=30)
+        assert served.recorder.calls[-1]["authorization"] == "Bearer tls-token"
+
+
+def test_import_pulls_no_server_stack() -> None:
+    """Importing nst_client (and its CLI) loads neither onnxruntime, torch, scipy nor nst_server."""
+    code = (
+        "import sys, nst_client, nst_client.cli; "
+        "print(sorted(m for m in ('onnxruntime', 'torch', 'scipy', 'nst_server') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_public_surface() -> None:
+    """The public names are few, and no public signature mentions a generated protobuf type."""
+    import nst_client
+
+    assert set(nst_client.__all__) <= {n for n in dir(nst_client) if not n.startswith("_")}
+    for name in ("describe", "health", "stylize", "stylize_image", "__init__"):
+        signature = str(inspect.signature(getattr(StyleClient, name)))
+        assert "pb" not in signature.replace("pb_", ""), signature
+        assert "Raises:" in (getattr(StyleClient, name).__doc__ or ""), name
+    stylize_options = set(inspect.signature(StyleClient.stylize).parameters) - {
+        "self",
+        "content",
+        "styles",
+        "timeout_s",
+    }
+    assert stylize_options == set(typing.get_type_hints(StylizeOptions))
