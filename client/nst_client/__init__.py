@@ -14,7 +14,19 @@ from __future__ import annotations
 import logging
 
 from ._client import StyleCall, StyleClient
-from ._types import Event, Losses, Preview, Progress, Queued, Result, ServerInfo, Started, StyleTransferError
+from ._types import (
+    Event,
+    Losses,
+    Preview,
+    Progress,
+    Queued,
+    Result,
+    ScaleStarted,
+    ServerInfo,
+    Started,
+    Style,
+    StyleTransferError,
+)
 
 __all__ = [
     "Event",
@@ -23,8 +35,10 @@ __all__ = [
     "Progress",
     "Queued",
     "Result",
+    "ScaleStarted",
     "ServerInfo",
     "Started",
+    "Style",
     "StyleCall",
     "StyleClient",
     "StyleTransferError",

@@ -15,11 +15,13 @@ from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from PIL import Image
 
 from . import _convert
-from ._convert import ImageInput
+from ._convert import StyleInput
 from ._types import (
+    ColourPreservationName,
     Event,
     HealthStatus,
     ImageFormatName,
+    ImageInput,
     InitName,
     OptimizerName,
     Result,
@@ -37,6 +39,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024 + 1024 * 1024
 # call is committed. For Stylize the first response is `queued` or `started`, so a server that is briefly
 # unreachable or restarting (UNAVAILABLE) is retried with backoff, while a job that has started is never re-run.
 _SERVICE_CONFIG = {
+    # Calls share one long-lived HTTP/2 connection, so balancing must be client-side: with a dns:/// target that
+    # resolves to several addresses (a headless Service's pods) spread calls over all of them; one address: no-op.
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {
             "name": [{"service": SERVICE_NAME}, {"service": "grpc.health.v1.Health"}],
@@ -48,7 +53,7 @@ _SERVICE_CONFIG = {
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },
         }
-    ]
+    ],
 }
 _CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 1),
@@ -179,8 +184,8 @@ class StyleClient:
 
     def stylize(
         self,
-        content: ImageInput,
-        styles: ImageInput | Sequence[ImageInput],
+        content: ImageInput | None,
+        styles: StyleInput | Sequence[StyleInput] | None,
         *,
         timeout_s: float | None = None,
         max_side_px: int | None = None,
@@ -195,16 +200,31 @@ class StyleClient:
         preview_every: int | None = None,
         output_format: ImageFormatName | None = None,
         lbfgs_history: int | None = None,
+        colour_preservation: ColourPreservationName | None = None,
+        scales: int | None = None,
+        coarse_evaluations: int | None = None,
+        init_image: ImageInput | None = None,
+        content_layers: Sequence[str] | None = None,
+        style_layers: Sequence[str] | None = None,
+        style_layer_weights: Sequence[float] | None = None,
+        width_px: int | None = None,
+        height_px: int | None = None,
         model: str | None = None,
     ) -> StyleCall:
         """Start a job and return its call; iterate the call for the events.
 
         ``content`` and each of ``styles`` (one image or a sequence) is a path, encoded bytes, a PIL image or
-        an HxWx3 array (uint8, or float in [0, 1]). Every option left None is not sent: the server's default
-        applies (see the API's StylizeOptions). ``timeout_s`` is the deadline of the whole job.
+        an HxWx3 array (uint8, or float in [0, 1]); a style may also be a ``Style`` with its own blend weight
+        and scale. ``content=None`` synthesises a texture (``width_px`` x ``height_px``, default
+        ``max_side_px`` square); no styles (None or empty) reconstructs the content; one of them is required.
+        Every option left None (or an empty sequence) is not sent: the server's default applies (see the API's
+        StylizeOptions): ``colour_preservation`` "none"; ``scales`` 1 (a single scale); ``coarse_evaluations``
+        as ``max_evaluations``; ``init_image`` (only with ``init="image"``); ``content_layers``/``style_layers``
+        all of the model's; ``style_layer_weights`` equal. ``timeout_s`` is the deadline of the whole job.
 
         Raises:
-            ValueError: a bad option value (the message names the allowed ones) or image array.
+            ValueError: a bad option value (the message names the allowed ones) or image array, or neither a
+                content nor a style image.
             OSError: a path cannot be read.
             StyleTransferError: while iterating, when the call fails (INVALID_ARGUMENT names the bad field).
         """
@@ -213,6 +233,9 @@ class StyleClient:
             "learning_rate": learning_rate, "content_weight": content_weight, "style_weight": style_weight,
             "tv_weight": tv_weight, "init": init, "seed": seed, "preview_every": preview_every,
             "output_format": output_format, "lbfgs_history": lbfgs_history,
+            "colour_preservation": colour_preservation, "scales": scales, "coarse_evaluations": coarse_evaluations,
+            "init_image": init_image, "content_layers": content_layers, "style_layers": style_layers,
+            "style_layer_weights": style_layer_weights, "width_px": width_px, "height_px": height_px,
         }  # fmt: skip
         request = _convert.stylize_request(content, styles, model, options)
         with _convert.rpc_errors():
@@ -221,8 +244,8 @@ class StyleClient:
 
     def stylize_image(
         self,
-        content: ImageInput,
-        styles: ImageInput | Sequence[ImageInput],
+        content: ImageInput | None,
+        styles: StyleInput | Sequence[StyleInput] | None,
         *,
         timeout_s: float | None = None,
         **options: Unpack[StylizeOptions],

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,6 +20,7 @@ from PIL import Image
 
 from ._types import (
     Event,
+    ImageInput,
     Limits,
     Losses,
     ModelInfo,
@@ -27,20 +28,29 @@ from ._types import (
     Progress,
     Queued,
     Result,
+    ScaleStarted,
     ServerInfo,
     Started,
+    Style,
     StyleTransferError,
     Timings,
 )
 
-ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image | np.ndarray[Any, Any]
-
 _OPTIMIZERS = {"lbfgs": pb.OPTIMIZER_LBFGS, "adam": pb.OPTIMIZER_ADAM}
-_INITS = {"content": pb.INIT_CONTENT, "gray": pb.INIT_GRAY, "noise": pb.INIT_NOISE}
+_INITS = {"content": pb.INIT_CONTENT, "gray": pb.INIT_GRAY, "noise": pb.INIT_NOISE, "image": pb.INIT_IMAGE}
 _FORMATS = {"png": pb.IMAGE_FORMAT_PNG, "jpeg": pb.IMAGE_FORMAT_JPEG, "webp": pb.IMAGE_FORMAT_WEBP}
-_CHOICES = {"optimizer": _OPTIMIZERS, "init": _INITS, "output_format": _FORMATS}
-_INTS = ("max_side_px", "max_evaluations", "seed", "preview_every", "lbfgs_history")
+_COLOUR_MODES = {
+    "none": pb.COLOUR_PRESERVATION_NONE,
+    "luminance": pb.COLOUR_PRESERVATION_LUMINANCE,
+    "histogram": pb.COLOUR_PRESERVATION_HISTOGRAM,
+}
+_CHOICES = {"optimizer": _OPTIMIZERS, "init": _INITS, "output_format": _FORMATS, "colour_preservation": _COLOUR_MODES}
+_INTS = ("max_side_px", "max_evaluations", "seed", "preview_every", "lbfgs_history", "scales", "coarse_evaluations",
+         "width_px", "height_px")  # fmt: skip
 _FLOATS = ("learning_rate", "content_weight", "style_weight", "tv_weight")
+_STRING_LISTS = ("content_layers", "style_layers")
+_NUMBER_LISTS = ("style_layer_weights",)
+_IMAGES = ("init_image",)
 _OPTIMIZER_NAMES = {value: name for name, value in _OPTIMIZERS.items()}
 _FORMAT_NAMES = {value: name for name, value in _FORMATS.items()}
 # Modes PNG stores as they are; anything else (CMYK, YCbCr, LAB, HSV, F, I;16...) goes through RGB.
@@ -86,11 +96,26 @@ def _to_uint8(array: np.ndarray[Any, Any], what: str) -> np.ndarray[Any, Any]:
     raise ValueError(f"{what}: expected a uint8 or float array, got dtype {array.dtype}")
 
 
-def single_or_many(styles: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
-    """One style image, or a sequence of them, as a list (bytes and str are one image, not a sequence)."""
-    if isinstance(styles, str | bytes | bytearray | memoryview | os.PathLike | Image.Image | np.ndarray):
+StyleInput = ImageInput | Style
+
+
+def single_or_many(styles: StyleInput | Sequence[StyleInput] | None) -> list[StyleInput]:
+    """One style (image or Style), a sequence of them, or None as a list (bytes and str are one image)."""
+    if styles is None:
+        return []
+    if isinstance(styles, str | bytes | bytearray | memoryview | os.PathLike | Image.Image | np.ndarray | Style):
         return [styles]
     return list(styles)
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _sequence(name: str, value: object) -> list[Any]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ValueError(f"{name}: expected a sequence (list or tuple), got {value!r}")
+    return list(value)
 
 
 def options_to_pb(options: Mapping[str, object]) -> pb.StylizeOptions:
@@ -116,21 +141,54 @@ def options_to_pb(options: Mapping[str, object]) -> pb.StylizeOptions:
             if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
                 raise ValueError(f"{name}: expected a number, got {value!r}")
             setattr(message, name, float(value))
+        elif name in _STRING_LISTS:
+            items = _sequence(name, value)
+            if not all(isinstance(item, str) and item for item in items):
+                raise ValueError(f"{name}: expected non-empty strings (layer names), got {value!r}")
+            getattr(message, name).extend(items)
+        elif name in _NUMBER_LISTS:
+            items = _sequence(name, value)
+            if not all(_is_number(item) for item in items):
+                raise ValueError(f"{name}: expected finite numbers, got {value!r}")
+            getattr(message, name).extend(float(item) for item in items)
+        elif name in _IMAGES:
+            setattr(message, name, image_bytes(value, name))  # type: ignore[arg-type]
         else:
-            raise ValueError(f"unknown option {name!r}; allowed: {', '.join((*_CHOICES, *_INTS, *_FLOATS))}")
+            allowed = (*_CHOICES, *_INTS, *_FLOATS, *_STRING_LISTS, *_NUMBER_LISTS, *_IMAGES)
+            raise ValueError(f"unknown option {name!r}; allowed: {', '.join(allowed)}")
+    return message
+
+
+def _style_pb(style: StyleInput, index: int) -> pb.StyleImage:
+    if not isinstance(style, Style):
+        return pb.StyleImage(image=image_bytes(style, f"styles[{index}]"))
+    message = pb.StyleImage(image=image_bytes(style.image, f"styles[{index}].image"))
+    for name in ("blend_weight", "scale"):
+        value = getattr(style, name)
+        if value is None:
+            continue
+        if not _is_number(value):
+            raise ValueError(f"styles[{index}].{name}: expected a finite number, got {value!r}")
+        setattr(message, name, float(value))
     return message
 
 
 def stylize_request(
-    content: ImageInput, styles: ImageInput | Sequence[ImageInput], model: str | None, options: Mapping[str, object]
+    content: ImageInput | None,
+    styles: StyleInput | Sequence[StyleInput] | None,
+    model: str | None,
+    options: Mapping[str, object],
 ) -> pb.StylizeRequest:
-    """The whole request; reads files and encodes images now, so that bad input fails before any call."""
+    """The whole request; reads files and encodes images now, so that bad input fails before any call.
+
+    No content: texture synthesis; no styles: content reconstruction; one of them is required.
+    """
     style_list = single_or_many(styles)
-    if not style_list:
-        raise ValueError("styles: at least one style image is required")
+    if content is None and not style_list:
+        raise ValueError("content, styles: a content image, a style image, or both are required")
     return pb.StylizeRequest(
-        content_image=image_bytes(content, "content"),
-        style_images=[pb.StyleImage(image=image_bytes(s, f"styles[{i}]")) for i, s in enumerate(style_list)],
+        content_image=b"" if content is None else image_bytes(content, "content"),
+        style_images=[_style_pb(s, i) for i, s in enumerate(style_list)],
         options=options_to_pb(options),
         model=model or "",
     )
@@ -148,7 +206,10 @@ def to_event(response: pb.StylizeResponse) -> Event | None:
     if kind == "started":
         s = response.started
         optimizer = _OPTIMIZER_NAMES.get(s.optimizer, "lbfgs")
-        return Started(s.job_id, s.model, s.width, s.height, s.max_evaluations, optimizer, s.device)
+        return Started(s.job_id, s.model, s.width, s.height, s.max_evaluations, optimizer, s.device, s.scales or 1)
+    if kind == "scale_started":
+        c = response.scale_started
+        return ScaleStarted(c.scale, c.scales, c.width, c.height, c.max_evaluations)
     if kind == "progress":
         p = response.progress
         return Progress(p.iteration, p.evaluations, _losses(p.losses), p.elapsed_s)

@@ -6,14 +6,21 @@ Plain frozen dataclasses, so that callers never handle generated protobuf types.
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypeAlias, TypedDict
 
 import grpc
+import numpy as np
 from PIL import Image
 
+# An image as the library takes it: a path, encoded bytes, a PIL image or an HxWx3 array.
+ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image | np.ndarray[Any, Any]
+
 OptimizerName = Literal["lbfgs", "adam"]
-InitName = Literal["content", "gray", "noise"]
+InitName = Literal["content", "gray", "noise", "image"]
+ColourPreservationName = Literal["none", "luminance", "histogram"]
 ImageFormatName = Literal["png", "jpeg", "webp"]
 HealthStatus = Literal["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]
 
@@ -66,6 +73,18 @@ class Started:
     max_evaluations: int
     optimizer: OptimizerName
     device: str
+    scales: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleStarted:
+    """One scale of a coarse-to-fine run began: ``scale`` counts from 1 (coarsest) to ``scales`` (output size)."""
+
+    scale: int
+    scales: int
+    width: int
+    height: int
+    max_evaluations: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +146,20 @@ class Result:
         return _decode(self.image)
 
 
-Event = Queued | Started | Progress | Preview | Result
+Event = Queued | Started | ScaleStarted | Progress | Preview | Result
+
+
+@dataclass(frozen=True, slots=True)
+class Style:
+    """A style image with its own blend weight and scale; None leaves the server default (1 for both).
+
+    ``image`` is anything ``stylize`` takes as an image. ``blend_weight`` (>= 0) weights this style's Gram
+    matrices when blending several styles; ``scale`` (0 < scale <= 4) resizes the style relative to the output.
+    """
+
+    image: ImageInput
+    blend_weight: float | None = None
+    scale: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +216,15 @@ class StylizeOptions(TypedDict, total=False):
     preview_every: int | None
     output_format: ImageFormatName | None
     lbfgs_history: int | None
+    colour_preservation: ColourPreservationName | None
+    scales: int | None
+    coarse_evaluations: int | None
+    init_image: ImageInput | None
+    content_layers: Sequence[str] | None
+    style_layers: Sequence[str] | None
+    style_layer_weights: Sequence[float] | None
+    width_px: int | None
+    height_px: int | None
     model: str | None
 
 

@@ -15,7 +15,18 @@ from typing import Any, TextIO
 import grpc
 
 from ._client import StyleClient
-from ._types import Event, Preview, Progress, Queued, Result, Started, StyleTransferError, StylizeOptions
+from ._types import (
+    Event,
+    Preview,
+    Progress,
+    Queued,
+    Result,
+    ScaleStarted,
+    Started,
+    Style,
+    StyleTransferError,
+    StylizeOptions,
+)
 
 DEFAULT_SERVER = "localhost:50051"
 _INFO_TIMEOUT_S = 10.0  # info and health are quick questions: do not hang on a dead server without --timeout
@@ -45,6 +56,18 @@ def _number(kind: Callable[[str], Any], low: float, *, strict: bool = False) -> 
     return parse
 
 
+def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse type: comma-separated values, each parsed by ``kind`` (a number must be finite and >= 0)."""
+
+    def parse(text: str) -> list[Any]:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+        return [kind(item) if kind is str else _number(kind, 0)(item) for item in items]
+
+    return parse
+
+
 def _connection_flags() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection")
@@ -68,11 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     run = commands.add_parser(
         "stylize", parents=[connection], help="render CONTENT in the style of STYLE", epilog=_EPILOG,
-        description="Render CONTENT in the style of STYLE(s); unset flags leave the server's defaults.",
+        description="Render CONTENT in the style of STYLE(s); unset flags leave the server's defaults.\n"
+        "No STYLE: content reconstruction. --texture: no content, every image is a style (texture synthesis).",
         formatter_class=formatter,
     )  # fmt: skip
-    run.add_argument("content", type=Path, metavar="CONTENT", help="content image file")
-    run.add_argument("styles", type=Path, nargs="+", metavar="STYLE", help="style image file(s)")
+    run.add_argument("content", type=Path, metavar="CONTENT", help="content image file (a style with --texture)")
+    run.add_argument("styles", type=Path, nargs="*", metavar="STYLE", help="style image file(s); none: reconstruction")
     run.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output: .png, .jpg or .webp")
     run.add_argument("--size", dest="max_side_px", type=_number(int, 1), metavar="PX", help="longest output side in px")
     run.add_argument(
@@ -83,8 +107,46 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--content-weight", type=_number(float, 0), metavar="ALPHA", help="content loss weight")
     run.add_argument("--style-weight", type=_number(float, 0), metavar="BETA", help="style loss weight")
     run.add_argument("--tv-weight", type=_number(float, 0), metavar="GAMMA", help="total variation weight")
-    run.add_argument("--init", choices=("content", "gray", "noise"), help="start image")
+    run.add_argument("--init", choices=("content", "gray", "noise", "image"), help="start image (default: content)")
+    run.add_argument("--init-image", type=Path, metavar="PATH", help="start image file for --init image")
     run.add_argument("--seed", type=_number(int, 0), help="seed of --init noise")
+    art = run.add_argument_group("art direction (unset: the server's default)")
+    art.add_argument(
+        "--texture", action="store_true", help="no content image: CONTENT is a style too (texture synthesis)"
+    )
+    art.add_argument(
+        "--width", dest="width_px", type=_number(int, 1), metavar="PX", help="texture width (default: --size)"
+    )
+    art.add_argument(
+        "--height", dest="height_px", type=_number(int, 1), metavar="PX", help="texture height (default: --size)"
+    )
+    art.add_argument(
+        "--preserve-colour", dest="colour_preservation", choices=("none", "luminance", "histogram"),
+        help="keep the content's colours (default: none)",
+    )  # fmt: skip
+    art.add_argument("--scales", type=_number(int, 1), metavar="N", help="coarse-to-fine scales (default: 1)")
+    art.add_argument(
+        "--coarse-iterations", dest="coarse_evaluations", type=_number(int, 1), metavar="N",
+        help="evaluation budget of each scale but the last (default: --iterations)",
+    )  # fmt: skip
+    art.add_argument(
+        "--content-layers", type=_comma_list(str), metavar="L,...", help="e.g. relu4_2 (default: all of the model's)"
+    )
+    art.add_argument(
+        "--style-layers", type=_comma_list(str), metavar="L,...", help="e.g. relu1_1,relu2_1 (default: all)"
+    )
+    art.add_argument(
+        "--style-layer-weights", type=_comma_list(float), metavar="W,...",
+        help="one weight per style layer (default: equal)",
+    )  # fmt: skip
+    art.add_argument(
+        "--style-weights", dest="blend_weights", type=_comma_list(float), metavar="W,...",
+        help="blend weight of each STYLE, in order (default: equal)",
+    )  # fmt: skip
+    art.add_argument(
+        "--style-scale", type=_number(float, 0, strict=True), metavar="S",
+        help="size of every style relative to the output (default: 1)",
+    )  # fmt: skip
     run.add_argument("--model", metavar="NAME", help="model name (nst info lists them)")
     run.add_argument(
         "--save-every", type=_number(int, 1), metavar="N", help="write a preview every N iterations as OUT.iterNNNN.EXT"
@@ -168,15 +230,26 @@ def _stylize(args: argparse.Namespace) -> int:
         )
     if not out.parent.is_dir():  # fail now, not after the whole job
         raise _Failure(f"cannot write {out}: no directory {out.parent}")
+    content: Path | None = None if args.texture else args.content
+    style_paths: list[Path] = [args.content, *args.styles] if args.texture else args.styles
+    if args.blend_weights is not None and len(args.blend_weights) != len(style_paths):
+        args.parser.error(f"--style-weights: {len(args.blend_weights)} weights for {len(style_paths)} style(s)")
+    if (args.init_image is None) != (args.init != "image"):
+        args.parser.error("--init image and --init-image PATH go together")
+    weights = args.blend_weights or [None] * len(style_paths)
+    styles = [Style(path, blend_weight=w, scale=args.style_scale) for path, w in zip(style_paths, weights, strict=True)]
     options: StylizeOptions = {
         "max_side_px": args.max_side_px, "max_evaluations": args.max_evaluations, "optimizer": args.optimizer,
         "learning_rate": args.learning_rate, "content_weight": args.content_weight, "style_weight": args.style_weight,
         "tv_weight": args.tv_weight, "init": args.init, "seed": args.seed, "preview_every": args.save_every,
-        "output_format": output_format, "model": args.model,
+        "output_format": output_format, "model": args.model, "colour_preservation": args.colour_preservation,
+        "scales": args.scales, "coarse_evaluations": args.coarse_evaluations, "init_image": args.init_image,
+        "content_layers": args.content_layers, "style_layers": args.style_layers,
+        "style_layer_weights": args.style_layer_weights, "width_px": args.width_px, "height_px": args.height_px,
     }  # fmt: skip
     with _connect(args) as client:
         try:
-            call = client.stylize(args.content, args.styles, timeout_s=args.timeout, **options)
+            call = client.stylize(content, styles, timeout_s=args.timeout, **options)
         except OSError as error:
             raise _Failure(f"cannot read {error.filename}: {error.strerror}") from None
         with call, _Reporter(args.progress, out, sys.stdout, sys.stderr) as reporter:
@@ -219,7 +292,8 @@ class _Reporter:
             self._bar.close()
 
     def handle(self, event: Event) -> None:
-        line: dict[str, Any] = {"event": type(event).__name__.lower()}
+        name = "scale_started" if isinstance(event, ScaleStarted) else type(event).__name__.lower()
+        line: dict[str, Any] = {"event": name}
         match event:
             case Queued():
                 line |= {"job_id": event.job_id, "position": event.position}
@@ -229,6 +303,14 @@ class _Reporter:
                 line |= dataclasses.asdict(event)
                 if self.mode == "bar":
                     self._bar = _progress_bar(event.max_evaluations, self.stderr)
+            case ScaleStarted():
+                line |= dataclasses.asdict(event)
+                if self._bar is not None:
+                    # Evaluations count across scales: this scale's budget extends the total from where we are.
+                    self._bar.total = self._bar.n + event.max_evaluations
+                    if event.scales > 1:
+                        self._bar.set_description(f"scale {event.scale}/{event.scales}", refresh=False)
+                    self._bar.refresh()
             case Progress():
                 line |= {"iteration": event.iteration, "evaluations": event.evaluations}
                 line |= dataclasses.asdict(event.losses) | {"elapsed_s": event.elapsed_s}

@@ -55,13 +55,13 @@ def test_writes_the_styled_image(
 
 
 def test_json_progress_lines(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
-    """With --progress json every stdout line is a JSON event: started, progress counting 1, 2, 3..., result last."""
+    """With --progress json every stdout line is a JSON event: started, scale_started, progress 1, 2, 3..., result."""
     out = tmp_path / "styled.png"
     done = nst("stylize", inputs.content, inputs.style, "-o", out, "--server", server.address, *QUICK, "5",
                "--progress", "json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [e["event"] for e in events] == ["started"] + ["progress"] * 5 + ["result"]
+    assert [e["event"] for e in events] == ["started", "scale_started"] + ["progress"] * 5 + ["result"]
     progress = [e for e in events if e["event"] == "progress"]
     assert [p["iteration"] for p in progress] == [1, 2, 3, 4, 5]
     assert [p["evaluations"] for p in progress] == [1, 2, 3, 4, 5]
@@ -207,3 +207,87 @@ def test_token_file_is_sent_as_bearer(recording: RecordingServer, tmp_path: Path
     done = nst("info", "--server", recording.address, "--token-file", token_file)
     assert done.returncode == 0, done.stderr
     assert recording.recorder.calls[-1]["authorization"] == "Bearer s3cret-token"
+
+
+def test_scales_print_scale_started_lines(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
+    """--scales 2 --progress json prints a scale_started line for each scale, before that scale's progress."""
+    out = tmp_path / "styled.png"
+    done = nst("stylize", inputs.content, inputs.style, "-o", out, "--server", server.address, *QUICK, "3",
+               "--scales", "2", "--coarse-iterations", "2", "--progress", "json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["started", "scale_started", *["progress"] * 2, "scale_started",
+                                            *["progress"] * 3, "result"]  # fmt: skip
+    assert events[0]["scales"] == 2
+    scales = [e for e in events if e["event"] == "scale_started"]
+    assert [(s["scale"], s["scales"], s["max_evaluations"]) for s in scales] == [(1, 2, 2), (2, 2, 3)]
+    assert (scales[1]["width"], scales[1]["height"]) == (64, 48)
+
+
+def test_texture_writes_the_requested_size(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
+    """--texture with --width 48 --height 40 treats CONTENT as a style and writes a 48x40 texture."""
+    out = tmp_path / "texture.png"
+    done = nst("stylize", "--texture", inputs.style, "-o", out, "--server", server.address, *QUICK, "2",
+               "--width", "48", "--height", "40")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Image.open(out) as image:
+        assert image.size == (48, 40)
+
+
+def test_art_direction_flags(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
+    """--preserve-colour, layer lists, style weights and scale and --init image are sent and the job succeeds."""
+    out = tmp_path / "styled.png"
+    done = nst("stylize", inputs.content, inputs.style, inputs.style, "-o", out, "--server", server.address, *QUICK,
+               "2", "--preserve-colour", "luminance", "--content-layers", "relu4_2", "--style-layers",
+               "relu1_1,relu3_1", "--style-layer-weights", "3,1", "--style-weights", "0.7,0.3", "--style-scale",
+               "0.75", "--init", "image", "--init-image", inputs.style)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Image.open(out) as image:
+        assert image.size == (64, 48)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--style-weights", "1,2"), "--style-weights: 2 weights for 1 style(s)"),
+        (("--style-weights", "1,x"), "not a number: 'x'"),
+        (("--init-image", "x.png"), "--init image and --init-image PATH go together"),
+    ],
+    ids=["count", "not-a-number", "init-image-alone"],
+)
+def test_bad_art_flags_are_usage_errors(
+    inputs: Inputs, tmp_path: Path, recording: RecordingServer, flags: tuple[str, ...], message: str
+) -> None:
+    """A wrong --style-weights count or value, or --init-image without --init image, exits 2 without a call."""
+    done = nst("stylize", inputs.content, inputs.style, "-o", tmp_path / "out.png", "--server", recording.address,
+               *flags)  # fmt: skip
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert recording.recorder.calls == []
+
+
+def test_unknown_layer_is_refused_on_one_line(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
+    """A layer the model lacks is the server's INVALID_ARGUMENT: exit 1, one clean stderr line."""
+    done = nst("stylize", inputs.content, inputs.style, "-o", tmp_path / "out.png", "--server", server.address,
+               *QUICK, "2", "--style-layers", "relu9_9")  # fmt: skip
+    assert done.returncode == 1
+    assert "server refused the job" in _one_error_line(done.stderr)
+
+
+def test_bar_follows_the_scales(tmp_path: Path) -> None:
+    """In bar mode each ScaleStarted extends the bar's total by its budget and names the scale."""
+    import io
+
+    from nst_client import Losses, Progress, ScaleStarted, Started
+    from nst_client.cli import _Reporter
+
+    stderr = io.StringIO()
+    with _Reporter("bar", tmp_path / "out.png", io.StringIO(), stderr) as reporter:
+        reporter.handle(Started("j", "m", 64, 48, 3, "adam", "cpu", 2))
+        steps = [Progress(i, i, Losses(1, 1, 1, 1), 0.1) for i in range(1, 6)]
+        for event in (ScaleStarted(1, 2, 45, 34, 2), *steps[:2], ScaleStarted(2, 2, 64, 48, 3), *steps[2:]):
+            reporter.handle(event)
+        assert (reporter._bar.n, reporter._bar.total) == (5, 5)
+    assert "scale 1/2" in stderr.getvalue()
+    assert "scale 2/2" in stderr.getvalue()

@@ -14,7 +14,17 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from nst_client import Preview, Progress, Result, ServerInfo, Started, StyleClient, StyleTransferError
+from nst_client import (
+    Preview,
+    Progress,
+    Result,
+    ScaleStarted,
+    ServerInfo,
+    Started,
+    Style,
+    StyleClient,
+    StyleTransferError,
+)
 from nst_client._types import StylizeOptions
 from PIL import Image
 
@@ -248,3 +258,81 @@ def test_public_surface() -> None:
         "timeout_s",
     }
     assert stylize_options == set(typing.get_type_hints(StylizeOptions))
+
+
+QUICK = {"max_side_px": 64, "optimizer": "adam", "timeout_s": 120}
+
+
+def test_texture_synthesis_has_the_requested_size(client: StyleClient, inputs: Inputs) -> None:
+    """With no content image the server synthesises a width_px x height_px texture from the style alone."""
+    result = client.stylize(None, inputs.style, width_px=48, height_px=40, max_evaluations=2, **QUICK).result()
+    assert (result.width, result.height) == (48, 40)
+    assert result.to_image().size == (48, 40)
+
+
+def test_content_reconstruction_needs_no_style(client: StyleClient, inputs: Inputs) -> None:
+    """With no styles the content alone is reconstructed; with neither image stylize raises ValueError naming both."""
+    assert client.stylize_image(inputs.content, [], max_evaluations=2, **QUICK).size == (64, 48)
+    with pytest.raises(ValueError, match="content, styles"):
+        client.stylize(None, None)
+
+
+def test_two_scales_announce_each_scale(client: StyleClient, inputs: Inputs) -> None:
+    """A two-scale run reports scales=2 in Started, then ScaleStarted 1 and 2 in order, coarse one smaller."""
+    events = list(client.stylize(inputs.content, inputs.style, scales=2, coarse_evaluations=2, max_evaluations=3,
+                                 **QUICK))  # fmt: skip
+    started = next(e for e in events if isinstance(e, Started))
+    assert started.scales == 2
+    scales = [e for e in events if isinstance(e, ScaleStarted)]
+    assert [(s.scale, s.scales, s.max_evaluations) for s in scales] == [(1, 2, 2), (2, 2, 3)]
+    assert scales[0].width < scales[1].width == 64
+    result = events[-1]
+    assert isinstance(result, Result)
+    assert (result.width, result.height, result.evaluations) == (64, 48, 5)
+
+
+def test_blend_weights_one_and_zero_give_the_single_style(client: StyleClient, inputs: Inputs) -> None:
+    """Styles blended with weights (1, 0) give the same image bytes as the first style alone."""
+    other = Image.new("RGB", (64, 64), (200, 30, 30))
+    options: Any = {"max_evaluations": 3, "init": "gray", **QUICK}
+    alone = client.stylize(inputs.content, inputs.style, **options).result().image
+    blended = client.stylize(
+        inputs.content, [Style(inputs.style, blend_weight=1), Style(other, blend_weight=0)], **options
+    ).result()
+    assert blended.image == alone
+
+
+def test_art_direction_options_run(client: StyleClient, inputs: Inputs) -> None:
+    """Colour preservation, layer choices, a style scale and an init image are accepted and give a result."""
+    image = client.stylize_image(
+        inputs.content, Style(inputs.style, scale=0.75), colour_preservation="luminance", content_layers=["relu4_2"],
+        style_layers=("relu1_1", "relu3_1"), style_layer_weights=[3, 1], init="image", init_image=inputs.style,
+        max_evaluations=2, **QUICK,
+    )  # fmt: skip
+    assert image.size == (64, 48)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"colour_preservation": "sepia"}, "'none', 'luminance', 'histogram'"),
+        ({"style_layers": "relu1_1"}, "style_layers: expected a sequence"),
+        ({"content_layers": [4]}, "content_layers: expected non-empty strings"),
+        ({"style_layer_weights": [1.0, float("nan")]}, "style_layer_weights: expected finite numbers"),
+        ({"init": "image", "init_image": 3}, "init_image: expected a path"),
+    ],
+    ids=["colour", "layers-not-a-sequence", "layer-not-a-string", "nan-weight", "init-image"],
+)
+def test_bad_art_direction_values(client: StyleClient, inputs: Inputs, options: Any, message: str) -> None:
+    """Bad art-direction values raise ValueError (TypeError for a non-image) before any call."""
+    with pytest.raises((ValueError, TypeError), match=message):
+        client.stylize(inputs.content, inputs.style, **options)
+    with pytest.raises(ValueError, match="blend_weight"):
+        client.stylize(inputs.content, Style(inputs.style, blend_weight=float("inf")))
+
+
+def test_dns_target_with_round_robin(server: ServerProcess) -> None:
+    """A dns:/// target works with the round-robin service config (one address: the same as pick_first)."""
+    port = server.address.rsplit(":", 1)[1]
+    with StyleClient(f"dns:///localhost:{port}") as client:
+        assert client.health(timeout_s=30) == "SERVING"
