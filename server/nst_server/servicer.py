@@ -86,7 +86,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         except JobError as error:
             outcome, code = type(error).__name__, error.status
             await context.abort(error.status, str(error))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # A caller who leaves cancels the RPC's task: inside our own await that raises CancelledError here;
+            # inside grpc's write of a yielded message the task ends and this generator is closed (GeneratorExit).
             outcome, code = "cancelled", grpc.StatusCode.CANCELLED
             raise
         finally:
