@@ -6,6 +6,7 @@ Arrays follow one convention everywhere in the server: float32, NCHW, batch 1, R
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -53,6 +54,21 @@ def device_of(session_providers: list[str], requested: Device) -> str:
     if requested == "cuda":
         raise DeviceUnavailableError("--device cuda, but onnxruntime could not start CUDA (no GPU or driver?)")
     return "cpu"
+
+
+_TINY_SIDE = 16  # the smallest image every exported layer (down to relu5_1, four poolings) still accepts
+_arena_lock = threading.Lock()
+_arena_registered = False
+
+
+def _register_shared_cpu_arena() -> None:
+    """Register, once per process, the CPU arena that sessions created with use_env_allocators share."""
+    global _arena_registered
+    with _arena_lock:
+        if not _arena_registered:
+            memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(memory, ort.OrtArenaCfg({"arena_extend_strategy": 1}))  # SameAsRequested
+            _arena_registered = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +144,10 @@ class LossGraphs:
         # The memory pattern plans one block per input shape and keeps it: at 512 px it raised the peak from
         # about 1.06 GB to 1.6 GB for no measurable speed, and every new size would add another.
         options.enable_mem_pattern = False
+        # One arena for every session in the process, grown only by what is asked for: the targets run's memory
+        # is reused by the loss runs, and release_memory() can hand it all back (512 px peak 1.07 -> 0.89 GB).
+        _register_shared_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
         providers = choose_providers(device, ort.get_available_providers())
         if CUDA_PROVIDER in providers:
             # Load CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn] (the container's
@@ -155,6 +175,17 @@ class LossGraphs:
         if evaluator.shape not in self._warm_shapes:
             evaluator(image)
             self._warm_shapes.add(evaluator.shape)
+
+    def release_memory(self) -> None:
+        """Return the shared arena's free memory to the system, e.g. after a job at a large size.
+
+        onnxruntime shrinks an arena only at the end of a run that asks for it, so this runs the cheap targets
+        graph on a tiny image with that request (about 0.15 s after a 1024 px job: 2.5 GB -> 0.46 GB).
+        """
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        tiny = np.zeros((1, 3, _TINY_SIDE, _TINY_SIDE), np.float32)
+        self._targets.run(None, {mf.IMAGE_INPUT: tiny}, options)
 
     def targets(self, image: FloatArray) -> dict[str, FloatArray]:
         """Content features and Gram matrices of ``image``, keyed by the loss graph's input names."""

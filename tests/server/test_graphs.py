@@ -70,3 +70,24 @@ def test_evaluator_reuses_its_buffers(model_dir: Path) -> None:
     second = evaluate(np.clip(image + 0.1, 0, 1))
     assert first.grad is second.grad
     assert second.content > 0.0
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_release_memory_hands_a_large_evaluation_back(model_dir: Path) -> None:
+    """After an evaluation at a size far above the others, release_memory returns most of what it took."""
+    graphs = LossGraphs(model_dir, device="cpu")
+    graphs.release_memory()
+    before = _rss_mb()
+    image = np.random.default_rng(0).random((1, 3, 288, 384), dtype=np.float32)
+    graphs.evaluator((288, 384), graphs.targets(image), graphs.manifest.default_loss_weights)(image)
+    grown = _rss_mb() - before
+    graphs.release_memory()
+    assert grown > 100  # the activations of one 384 px evaluation are several hundred MB
+    assert _rss_mb() - before < grown / 4

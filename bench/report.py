@@ -1,0 +1,178 @@
+"""bench/results/*.json to BENCHMARKS.md's generated sections and the plot; `python -m bench.report` redoes
+them from the last results without measuring again."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+DOC = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+PLOT = "seconds_per_evaluation.png"
+
+
+def _load(results: Path, name: str) -> Any:
+    return json.loads((results / f"{name}.json").read_text())
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def machine_section(about: dict[str, Any]) -> str:
+    peaks = about["matmul_gflops_per_s"]
+    libraries = ", ".join(f"{name} {v}" for name, v in about["libraries"].items())
+    return "\n".join(
+        [
+            f"- CPU: {about['cpu']}, {about['logical_cpus']} logical CPUs; flags: {' '.join(about['cpu_flags'])}",
+            f"- threads for every method: {about['threads']}; Python {about['python']} on {about['platform']}",
+            f"- libraries: {libraries}",
+            f"- GPU: {about['gpu']}",
+            "- fp32 matrix multiply, 4096 x 4096, GFLOP/s: "
+            + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items())
+            + f"; the peak used below is the best, {max(peaks.values()):.0f}",
+        ]
+    )
+
+
+def evaluation_section(rows: list[dict[str, Any]], peak: float) -> str:
+    ort = {(r["device"], r["pooling"], r["size"]): r for r in rows if r["method"] == "onnxruntime" and "error" not in r}
+    table = []
+    for r in rows:
+        where = f"{r['pooling']} | {r['size']} px ({r.get('width', '?')}x{r.get('height', '?')}) | {r['device']}"
+        if "error" in r:
+            table.append([*where.split(" | "), r["method"], "failed: " + r["error"][:80], "", "", "", ""])
+            continue
+        base = ort.get((r["device"], r["pooling"], r["size"]))
+        speedup = f"{r['median_s'] / base['median_s']:.2f}x" if base else "n/a"
+        compile_note = f" (compile {r['compile_s']:.0f} s)" if r.get("compile_s") else ""
+        table.append(
+            [
+                *where.split(" | "),
+                r["method"] + compile_note,
+                f"{r['median_s'] * 1e3:.0f}",
+                speedup,
+                f"{r['gflops_per_s']:.0f}",
+                f"{r['gflops_per_s'] / peak:.0%}",
+                f"{r['peak_rss_mb']:.0f}",
+            ]
+        )
+    header = [
+        "pooling",
+        "size",
+        "device",
+        "method",
+        "ms per evaluation (median of 5)",
+        "its time / onnxruntime's",
+        "GFLOP/s",
+        "of matmul peak",
+        "peak RSS MB",
+    ]
+    return _table(header, table)
+
+
+def service_section(data: dict[str, Any]) -> str:
+    local, remote = data["in_process"], data["service"]
+    bare = local["bare_evaluation_s"]
+    width, height = local["size"]
+    lines = [
+        f"{width}x{height} px, {data['evaluations']} evaluations, images: {data['images']}; "
+        f"bare evaluation {bare * 1e3:.0f} ms (the same evaluator called back to back).",
+        "",
+    ]
+    rows = []
+    for name, run in local["optimisers"].items():
+        rows.append(
+            [
+                f"{name}, in-process",
+                f"{run['final_loss']:.6g}",
+                f"{run['evaluation_s'] * 1e3:.0f}",
+                f"{run['host_s_per_evaluation'] * 1e3:.1f}",
+                f"{run['host_fraction']:.2%}",
+            ]
+        )
+    for name, job in remote["jobs"].items():
+        per_evaluation = job["optimise_s"] / job["evaluations"]
+        rows.append(
+            [
+                f"{name}, through gRPC + client, previews every {data['preview_every']}",
+                f"{job['final_loss']:.6g}",
+                f"{per_evaluation * 1e3:.0f}",
+                f"{(per_evaluation - bare) * 1e3:.1f}",
+                f"{(per_evaluation - bare) / bare:.2%}",
+            ]
+        )
+    lines.append(
+        _table(
+            ["run", "final loss", "ms per evaluation, all in", "host ms per evaluation", "host time / evaluation time"],
+            rows,
+        )
+    )
+    lines += ["", f"Server peak RSS after the {width} px jobs: {remote['peak_rss_mb_after_512px_jobs']:.0f} MB.", ""]
+    sizes = remote["memory_by_size"]
+    lines.append(
+        _table(
+            ["job (longest side, 4 evaluations)", "RSS after MB", "peak RSS so far MB", "s per evaluation"],
+            [
+                [str(r["side"]), f"{r['rss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['s_per_evaluation']:.3f}"]
+                for r in sizes
+            ],
+        )
+    )
+    return "\n".join(lines)
+
+
+def formulations_section(timings: dict[str, float]) -> str:
+    return _table(["formulation (64x384x512 tensor)", "ms"], [[name, f"{ms:.1f}"] for name, ms in timings.items()])
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if "error" not in r:
+            label = f"{r['method']} ({r['pooling']} pool, {r['device']})"
+            series.setdefault(label, []).append((r["width"] * r["height"], r["median_s"]))
+    for label, points in sorted(series.items()):
+        points.sort()
+        axes.plot([p / 1e6 for p, _ in points], [s for _, s in points], marker="o", label=label)
+    axes.set_xlabel("image size (megapixels)")
+    axes.set_ylabel("seconds per loss+gradient evaluation")
+    axes.set_title("One Gatys evaluation, median of 5")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+
+
+def _replace(doc: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+    if not pattern.search(doc):
+        raise ValueError(f"BENCHMARKS.md has no <!-- bench:{name} --> section")
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), doc)
+
+
+def render(results: Path, doc: Path = DOC) -> None:
+    about = _load(results, "machine")
+    rows = _load(results, "evaluation")
+    text = doc.read_text()
+    text = _replace(text, "machine", machine_section(about))
+    text = _replace(text, "evaluation", evaluation_section(rows, max(about["matmul_gflops_per_s"].values())))
+    text = _replace(text, "service", service_section(_load(results, "service")))
+    text = _replace(text, "formulations", formulations_section(_load(results, "formulations")))
+    doc.write_text(text)
+    plot(rows, results / PLOT)
+    print(f"bench: wrote {doc} and {results / PLOT}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    render(Path(__file__).resolve().parent / "results")
