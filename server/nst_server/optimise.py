@@ -198,10 +198,12 @@ def adam(
         grad = evaluation.grad.ravel()
         # In place: no image-sized allocation per iteration.
         first *= beta1
-        first += (1 - beta1) * grad
+        np.multiply(grad, 1 - beta1, out=scratch)
+        first += scratch
         np.multiply(grad, grad, out=scratch)
+        scratch *= 1 - beta2
         second *= beta2
-        second += (1 - beta2) * scratch
+        second += scratch
         np.sqrt(second, out=scratch)
         scratch /= np.sqrt(1 - beta2**step)
         scratch += epsilon
