@@ -112,9 +112,14 @@ class Boxed:
 
 def _scipy_lbfgsb_loss(objective: Boxed, budget: int, history: int) -> float:
     """scipy's L-BFGS-B on the same problem and budget: the bar the project's L-BFGS must reach."""
-    result = minimize(lambda x: (lambda e: (e.loss, e.grad.astype(np.float64)))(objective(x)),
-                      np.full(objective.target.size, 0.5), jac=True, method="L-BFGS-B", bounds=Bounds(0, 1),
-                      options={"maxcor": history, "maxfun": budget, "maxiter": budget, "ftol": 0, "gtol": 0})  # fmt: skip
+
+    def loss_and_grad(x: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
+        evaluation = objective(x)
+        return evaluation.loss, evaluation.grad.astype(np.float64)
+
+    options = {"maxcor": history, "maxfun": budget, "maxiter": budget, "ftol": 0, "gtol": 0}
+    start = np.full(objective.target.size, 0.5)
+    result = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B", bounds=Bounds(0, 1), options=options)
     return float(result.fun)
 
 
