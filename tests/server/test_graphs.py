@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,22 +75,36 @@ def test_evaluator_reuses_its_buffers(model_dir: Path) -> None:
     assert second.content > 0.0
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
+# Runs in a fresh interpreter, as in the server's own process: in pytest's, memory that torch and earlier tests
+# left to the C allocator decides how much of a freed block the system sees again, not release_memory.
+_MEASURE_RELEASE = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from nst_server.graphs import LossGraphs
+
+def rss_mb():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+graphs = LossGraphs(Path(sys.argv[1]), device="cpu")
+graphs.release_memory()
+before = rss_mb()
+image = np.random.default_rng(0).random((1, 3, 288, 384), dtype=np.float32)
+graphs.evaluator((288, 384), graphs.targets(image), graphs.manifest.default_loss_weights)(image)
+grown = rss_mb() - before
+graphs.release_memory()
+print(json.dumps({"grown": grown, "kept": rss_mb() - before}))
+"""
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
 def test_release_memory_hands_a_large_evaluation_back(model_dir: Path) -> None:
     """After an evaluation at a size far above the others, release_memory returns most of what it took."""
-    graphs = LossGraphs(model_dir, device="cpu")
-    graphs.release_memory()
-    before = _rss_mb()
-    image = np.random.default_rng(0).random((1, 3, 288, 384), dtype=np.float32)
-    graphs.evaluator((288, 384), graphs.targets(image), graphs.manifest.default_loss_weights)(image)
-    grown = _rss_mb() - before
-    graphs.release_memory()
-    assert grown > 100  # the activations of one 384 px evaluation are several hundred MB
-    assert _rss_mb() - before < grown / 4
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE_RELEASE, str(model_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    memory = json.loads(done.stdout)
+    assert memory["grown"] > 100  # the activations of one 384 px evaluation are several hundred MB
+    assert memory["kept"] < memory["grown"] / 4, memory
