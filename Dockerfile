@@ -7,6 +7,11 @@
 #   docker run --gpus all -p 50051:50051 nst               stop with `docker stop -t 30` (drain + grace below)
 #   docker run --gpus all -p 50051:50051 -p 8000:8000 nst --device cuda --drain 2 --grace 25 --metrics-port 8000
 #                                                          the same, with Prometheus metrics at :8000/metrics
+#   docker run --gpus all -p 50051:50051 -e NST_TOKEN nst  every call but health needs this bearer token
+#                                                          (or mount a file and add --token-file PATH)
+# TLS: mount a certificate and key and add --tls-cert PATH --tls-key PATH. The HEALTHCHECK below is plaintext and
+# needs no token (health stays open); with TLS on, override it (--health-cmd "nst health --ca-cert ...") or leave
+# TLS to a proxy in front.
 #
 # Both runtime targets share one python:3.11-slim base. The GPU target gets CUDA 13 and cuDNN 9, which
 # onnxruntime-gpu 1.31 is built against, as NVIDIA's pip wheels (onnxruntime-gpu[cuda,cudnn]); nst-server

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 _LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
+_METRICS = re.compile(r"metrics on ([\d.]+:\d+)")
+JOB_LINE = re.compile(r"nst_server\.servicer: job id=(\w+) outcome=(\w+)")
+# Metric samples by name and labels, e.g. ("nst_jobs_running", frozenset()) -> 0.0.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @dataclass
@@ -48,6 +56,30 @@ class ServerProcess:
             time.sleep(0.05)
         raise AssertionError(f"server never logged {pattern!r}; log:\n{self.log()}")
 
+    def jobs(self) -> list[tuple[str, str]]:
+        """(job id, outcome) of every job line logged so far: one per Stylize call the servicer saw."""
+        return [(match[1], match[2]) for line in list(self.lines) if (match := JOB_LINE.search(line))]
+
+    def wait_jobs(self, count: int, timeout_s: float = 30.0) -> list[tuple[str, str]]:
+        """``jobs()`` once there are at least ``count``: a call's line is logged just after its caller hears."""
+        deadline = time.monotonic() + timeout_s
+        while len(jobs := self.jobs()) < count:
+            assert time.monotonic() < deadline, f"{len(jobs)} job lines, expected {count}; log:\n{self.log()}"
+            time.sleep(0.05)
+        return jobs
+
+    def scrape(self) -> Samples:
+        """The server's Prometheus metrics now (it must have been started with --metrics-port)."""
+        match = _METRICS.search(self.wait_logged(r"metrics on"))
+        assert match, self.log()
+        with urllib.request.urlopen(f"http://{match[1]}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
     def health(self, service: str = "") -> int:
         with grpc.insecure_channel(self.address) as channel:
             request = health_pb2.HealthCheckRequest(service=service)
@@ -65,12 +97,22 @@ class ServerProcess:
             return -9
 
 
-def start_server(model_dirs: list[Path], *args: str, timeout_s: float = 60.0) -> ServerProcess:
-    """Start `python -m nst_server` on port 0 and wait until it says where it listens."""
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without $NST_TOKEN (a developer's own would turn on auth), plus ``extra``."""
+    env = {name: value for name, value in os.environ.items() if name != "NST_TOKEN"}
+    return env | dict(extra or {})
+
+
+def start_server(
+    model_dirs: list[Path], *args: str, timeout_s: float = 60.0, env: Mapping[str, str] | None = None
+) -> ServerProcess:
+    """Start `python -m nst_server` on port 0 and wait until it says where it listens; ``env`` adds variables."""
     command = [sys.executable, "-m", "nst_server", "--port", "0"]
     for model_dir in model_dirs:
         command += ["--model", str(model_dir)]
-    process = subprocess.Popen([*command, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [*command, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=server_env(env)
+    )
     server = ServerProcess(process)
     threading.Thread(target=server._drain, daemon=True).start()
     if not server._ready.wait(timeout_s) or not server.address:

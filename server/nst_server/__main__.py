@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
+from . import auth
 from .app import load_models, serve
 from .config import ServerConfig
 from .graphs import DeviceUnavailableError
@@ -94,18 +96,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: not served; 0 picks a free port)",
     )
     parser.add_argument("--metrics-host", default=d.metrics_host, help="address for the metrics (default: --host)")
+    access = parser.add_argument_group("access (default: plaintext, no authentication)")
+    access.add_argument("--tls-cert", type=Path, metavar="PATH", help="PEM certificate chain: serve TLS only")
+    access.add_argument("--tls-key", type=Path, metavar="PATH", help="PEM private key of --tls-cert (both or neither)")
+    access.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help=f"require this bearer token (whitespace stripped) on every call but health; "
+        f"default ${auth.TOKEN_ENV} when set",
+    )
     return parser
+
+
+def _usage_problem(config: ServerConfig) -> str | None:
+    """What makes these settings unusable, as one line; None when they are fine."""
+    for limit in ("max_concurrent", "max_pixels", "max_side_px", "max_evaluations", "max_styles", "max_message_bytes"):
+        if getattr(config, limit) < 1:
+            return f"--{limit.replace('_', '-')} must be at least 1"
+    if (config.tls_cert is None) != (config.tls_key is None):
+        return "--tls-cert and --tls-key go together: give both (TLS) or neither (plaintext)"
+    return None
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    """The settings from the flags and the environment.
+
+    Raises:
+        auth.AccessError: the token is empty or unusable.
+        OSError: --token-file cannot be read.
+    """
+    settings = vars(args)
+    token = auth.read_token(settings.pop("token_file"), os.environ)
+    return ServerConfig(**{**settings, "model_dirs": tuple(args.model_dirs), "token": token})
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `nst-server`; returns the exit status."""
     args = build_parser().parse_args(argv)
-    config = ServerConfig(**{**vars(args), "model_dirs": tuple(args.model_dirs)})
+    try:
+        config = _config(args)
+    except auth.AccessError as error:
+        print(f"nst-server: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"nst-server: error: cannot read --token-file {error.filename}: {error.strerror}", file=sys.stderr)
+        return 1
+    if problem := _usage_problem(config):
+        print(f"nst-server: error: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for limit in ("max_concurrent", "max_pixels", "max_side_px", "max_evaluations", "max_styles", "max_message_bytes"):
-        if getattr(config, limit) < 1:
-            print(f"nst-server: error: --{limit.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return 2
     try:
         models = load_models(config)
     except (OSError, ValueError, DeviceUnavailableError) as error:
@@ -116,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         asyncio.run(serve(config, models))
-    except OSError as error:
-        print(f"nst-server: error: {error}", file=sys.stderr)
+    except OSError as error:  # cannot listen, or the TLS files cannot be read or do not match
+        message = f"cannot read {error.filename}: {error.strerror}" if error.filename else str(error)
+        print(f"nst-server: error: {message}", file=sys.stderr)
         return 1
     return 0
 

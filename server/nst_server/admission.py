@@ -10,7 +10,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 
-from .errors import Overloaded, ShuttingDown
+from .errors import JobError, Overloaded, ShuttingDown
 
 
 class Reservation:
@@ -21,10 +21,17 @@ class Reservation:
         self._changed = asyncio.Event()
         self.granted = False
         self.released = False
+        self.refused: JobError | None = None  # set when the queue is emptied at shutdown: the job never runs
 
     async def positions(self) -> AsyncIterator[int]:
-        """Yield the queue position (1 = next) whenever it changes, until a slot is granted."""
+        """Yield the queue position (1 = next) whenever it changes, until a slot is granted.
+
+        Raises:
+            JobError: the reservation was refused while it waited (the server's grace period ended).
+        """
         while not self.granted:
+            if self.refused is not None:
+                raise self.refused
             yield self._admission.position(self)
             await self._changed.wait()
             self._changed.clear()
@@ -94,6 +101,20 @@ class Admission:
     def close(self) -> None:
         """Refuse every new reservation from now on."""
         self._closed = True
+
+    def refuse_waiting(self, reason: JobError) -> None:
+        """Empty the queue: every waiting job ends with ``reason`` instead of taking a slot that frees later.
+
+        Without this, a job queued at shutdown would start as soon as a cancelled one freed its slot, after
+        the server had stopped every running job, and keep the process alive past its grace period.
+        """
+        while self._waiting:
+            reservation = self._waiting.popleft()
+            reservation.refused = reason
+            reservation.released = True  # nothing left to give back
+            reservation.notify()
+        if self.running == 0:
+            self._idle.set()
 
     async def wait_idle(self) -> None:
         """Return once no job runs or waits."""

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
+from . import auth
 from .admission import Admission
 from .config import ServerConfig
 from .errors import ShuttingDown
@@ -43,7 +44,8 @@ async def serve(config: ServerConfig, models: list[LossGraphs]) -> None:
         # replicas added by the autoscaler get their share. The age's grace stays gRPC's default (unlimited):
         # streams already running on the old connection finish however long they take.
         options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)))
-    server = grpc.aio.server(options=options)
+    interceptors = [auth.BearerTokenInterceptor(config.token)] if config.token is not None else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     admission = Admission(config.max_concurrent, config.max_queue)
     metrics = Metrics(admission, models)  # recorded always (it is cheap), published only when asked for
     servicer = StyleTransferServicer(models, config, admission, metrics)
@@ -51,7 +53,7 @@ async def serve(config: ServerConfig, models: list[LossGraphs]) -> None:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = _listen(server, config)
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     if config.metrics_port is not None:
@@ -65,6 +67,7 @@ async def serve(config: ServerConfig, models: list[LossGraphs]) -> None:
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("access: %s", _access_summary(config))
     log.info("listening on %s:%d (device %s)", config.host, port, ", ".join(sorted({m.device for m in models})))
     await stopping.wait()
 
@@ -80,7 +83,29 @@ async def serve(config: ServerConfig, models: list[LossGraphs]) -> None:
         servicer.stop_all(
             ShuttingDown(f"server shut down; the job was cancelled after a {config.grace_s:g}s grace period")
         )
-        await asyncio.wait_for(admission.wait_idle(), timeout=config.grace_s)
+        try:
+            await asyncio.wait_for(admission.wait_idle(), timeout=config.grace_s)
+        except TimeoutError:  # an evaluation longer than the grace period: stop serving anyway, still exit 0
+            log.warning("%d jobs did not stop within a further %.1fs; exiting", admission.running, config.grace_s)
     await server.stop(grace=1.0)
     metrics.close()
     log.info("stopped")
+
+
+def _listen(server: grpc.aio.Server, config: ServerConfig) -> int:
+    """Bind the listener, with TLS when a certificate is configured; the bound port (0 if binding failed)."""
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert is None or config.tls_key is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, auth.tls_credentials(config.tls_cert, config.tls_key))
+
+
+def _access_summary(config: ServerConfig) -> str:
+    """Whether TLS and authentication are on, for the start-up log; never the token itself."""
+    tls = f"TLS (certificate {config.tls_cert})" if config.tls_cert is not None else "plaintext (no TLS)"
+    token = (
+        f"bearer token required on every call but {', '.join(sorted(auth.OPEN_SERVICES))}"
+        if config.token is not None
+        else "no authentication"
+    )
+    return f"{tls}, {token}"

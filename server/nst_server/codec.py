@@ -130,7 +130,10 @@ def options_from_pb(options: pb.StylizeOptions, config: ServerConfig, manifest: 
             "max_side_px", options.max_side_px, min(base.max_side_px, config.max_side_px), images.MIN_SIDE_PX,
             config.max_side_px,
         ),
-        max_evaluations=_bounded("max_evaluations", options.max_evaluations, base.max_evaluations, 1, max_evaluations),
+        # The default is capped by the server's limit as max_side_px's is: unset must never mean "over the limit".
+        max_evaluations=_bounded(
+            "max_evaluations", options.max_evaluations, min(base.max_evaluations, max_evaluations), 1, max_evaluations
+        ),
         optimizer=_enum("options.optimizer", options.optimizer, _OPTIMIZERS, pb.Optimizer),
         learning_rate=learning_rate,
         loss_weights=LossWeights(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .graphs import Device
@@ -29,3 +29,8 @@ class ServerConfig:
     max_connection_age_s: float = 0.0  # then GOAWAY, so clients re-resolve DNS and find new replicas; 0 = never
     metrics_port: int | None = None  # Prometheus /metrics; None = not served, 0 = a free port
     metrics_host: str | None = None  # None = the same address as the gRPC listener
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key the listener speaks TLS only
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    # Every call but health must carry `authorization: Bearer <token>`; None = no authentication. Kept out of
+    # repr so that logging a config can never leak it.
+    token: str | None = field(default=None, repr=False)

@@ -16,17 +16,21 @@ from .errors import InvalidRequest
 from .job import FloatArray, ImageFormat
 
 _PIL_FORMATS = {ImageFormat.PNG: "PNG", ImageFormat.JPEG: "JPEG", ImageFormat.WEBP: "WEBP"}
+# The formats photos and paintings come in (Pillow's JPEG opener also takes a phone's multi-picture MPO). Pillow
+# would otherwise try every plugin it has on untrusted bytes, and some pass them on to an external program (EPS
+# to Ghostscript).
+DECODABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 MIN_SIDE_PX = 32  # four 2x2 poolings must leave at least 2 px for relu5_1
 
 
 def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
     """An RGB image from encoded bytes, upright per EXIF; transparency is composited onto white."""
     if not data:
-        raise InvalidRequest(f"{field}: empty; expected an encoded image (PNG, JPEG, WebP, ...)")
+        raise InvalidRequest(f"{field}: empty; expected an encoded image ({', '.join(DECODABLE_FORMATS)})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise InvalidRequest(
@@ -41,7 +45,9 @@ def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
             f"{field}: refused before decoding, {error}; this server's limit is {max_pixels} pixels"
         ) from error
     except Image.UnidentifiedImageError as error:
-        raise InvalidRequest(f"{field}: not an image in a format this server decodes (PNG, JPEG, WebP, ...)") from error
+        raise InvalidRequest(
+            f"{field}: not an image in a format this server decodes ({', '.join(DECODABLE_FORMATS)})"
+        ) from error
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as error:
         raise InvalidRequest(f"{field}: not a decodable image ({error})") from error
     image = ImageOps.exif_transpose(image)

@@ -54,6 +54,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         # Jobs run here; admission keeps at most max_concurrent of them busy.
         self._workers = ThreadPoolExecutor(max_workers=config.max_concurrent, thread_name_prefix="job")
         self._running: dict[str, _Stop] = {}
+        self._stopped: JobError | None = None  # set by stop_all: a job that starts after it stops at once
 
     async def DescribeModel(  # noqa: N802 (gRPC's method name)
         self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext
@@ -71,9 +72,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
             reservation = self._admission.reserve()
             try:
                 loop = asyncio.get_running_loop()
-                job = await loop.run_in_executor(
-                    None, codec.job_from_request, request, job_id, self._models, self._config
-                )
+                job = await loop.run_in_executor(None, _job_from_request, request, job_id, self._models, self._config)
                 async for position in reservation.positions():
                     yield codec.to_response(Queued(job_id, position))
                 async for event in self._run(job, reservation, time.perf_counter() - received):
@@ -106,6 +105,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         graphs = codec.pick_model(job.model, self._models)
+        if self._stopped is not None:  # granted its slot just before stop_all, but only running now
+            stop.set(self._stopped)
         work = loop.run_in_executor(self._workers, _run_job, job, graphs, emit, stop, queued_s)
         work.add_done_callback(lambda _: reservation.release())
         self._running[job.job_id] = stop
@@ -122,9 +123,28 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
             del self._running[job.job_id]
 
     def stop_all(self, reason: JobError) -> None:
-        """Stop every running job at its next evaluation; their callers get ``reason``."""
+        """Stop every running job at its next evaluation and refuse every queued one; their callers get ``reason``."""
+        self._stopped = reason
+        self._admission.refuse_waiting(reason)
         for stop in self._running.values():
             stop.set(reason)
+
+
+def _job_from_request(
+    request: pb.StylizeRequest, job_id: str, models: Sequence[LossGraphs], config: ServerConfig
+) -> Job:
+    """codec.job_from_request; a bug in it reaches the caller as INTERNAL naming the job, as one in a run does.
+
+    Without this an unexpected exception while reading a request (a Pillow plugin's own error type, say) would
+    leave the handler and reach the caller as UNKNOWN carrying Python's repr of it.
+    """
+    try:
+        return codec.job_from_request(request, job_id, models, config)
+    except JobError:
+        raise
+    except Exception as error:
+        log.exception("reading the request of job %s failed", job_id)
+        raise JobError(f"internal error in job {job_id} while reading the request: {type(error).__name__}") from error
 
 
 def _run_job(
@@ -140,6 +160,12 @@ def _run_job(
     except Exception as error:  # an unexpected bug: log the trace here, send the caller one line
         log.exception("job %s failed", job.job_id)
         emit(JobError(f"internal error in job {job.job_id}: {type(error).__name__}: {error}"))
+    finally:
+        # After the caller has its last event: an idle server holds its models, not its largest job's tensors.
+        try:
+            graphs.release_memory()
+        except Exception:  # the job's outcome is already sent; a failure here is only worth a log line
+            log.exception("releasing memory after job %s failed", job.job_id)
 
 
 def _log_job(job_id: str, job: Job | None, last: Progress | Result | None, outcome: str, seconds: float) -> None:

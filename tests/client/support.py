@@ -1,16 +1,20 @@
-"""Helpers of the client tests: input files, waiting for server log lines, free ports, a recording gRPC server."""
+"""Helpers of the client tests: input files, server log lines, free ports, the CLI, certificates, a recording server."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
@@ -40,6 +44,33 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment without the CLI's own variables (the tests say everything explicitly), plus ``extra``."""
+    env = {name: value for name, value in os.environ.items() if name not in ("NST_SERVER", "NST_TOKEN", "NST_DEBUG")}
+    return env | dict(extra or {})
+
+
+def nst(
+    *args: str | Path, timeout_s: float = 120.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion, capturing stdout and stderr; ``env`` adds variables (e.g. NST_TOKEN)."""
+    command = [sys.executable, "-m", "nst_client.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=cli_env(env))
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost and its key (folder/cert.pem, folder/key.pem), made by openssl."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+               "-keyout", str(key), "-out", str(cert), "-days", "1",
+               "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]  # fmt: skip
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+    except FileNotFoundError:
+        pytest.skip("the openssl command is not installed")
+    return cert, key
 
 
 @dataclass

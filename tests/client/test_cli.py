@@ -13,23 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.client.support import Inputs, RecordingServer, free_port, wait_logged_after
+from tests.client.support import Inputs, RecordingServer, cli_env, free_port, nst, wait_logged_after
 from tests.servers import ServerProcess
 
 QUICK = ("--size", "64", "--optimizer", "adam", "--iterations")  # 64 px and Adam: one evaluation per iteration
-
-
-def nst(*args: str | Path, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """Run the CLI to completion, capturing stdout and stderr."""
-    command = [sys.executable, "-m", "nst_client.cli", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=_env())
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("NST_SERVER", "NST_TOKEN", "NST_DEBUG"):  # the tests say everything on the command line
-        env.pop(name, None)
-    return env
 
 
 def _one_error_line(stderr: str) -> str:
@@ -161,7 +148,7 @@ def test_interrupt_cancels_the_job(server: ServerProcess, inputs: Inputs, tmp_pa
     command = [sys.executable, "-m", "nst_client.cli", "stylize", str(inputs.content), str(inputs.style), "-o",
                str(out), "--server", server.address, "--size", "128", "--optimizer", "adam", "--iterations", "5000",
                "--progress", "json"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
                                preexec_fn=_sigint_as_on_a_terminal)  # fmt: skip
     watchdog = threading.Timer(120, process.kill)  # bounds the blocking readline below
     watchdog.start()

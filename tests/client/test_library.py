@@ -28,7 +28,15 @@ from nst_client import (
 from nst_client._types import StylizeOptions
 from PIL import Image
 
-from tests.client.support import Inputs, Recorder, RecordingServer, free_port, serve_recorder, wait_logged_after
+from tests.client.support import (
+    Inputs,
+    Recorder,
+    RecordingServer,
+    free_port,
+    self_signed,
+    serve_recorder,
+    wait_logged_after,
+)
 from tests.servers import ServerProcess
 
 LONG_JOB = {"max_side_px": 128, "max_evaluations": 5000, "optimizer": "adam"}
@@ -211,21 +219,9 @@ def test_token_sent_as_bearer_metadata(recording: RecordingServer) -> None:
     assert [call["authorization"] for call in recording.recorder.calls] == ["Bearer s3cret"] * 2
 
 
-def _self_signed(folder: Path) -> tuple[bytes, bytes]:
-    """A certificate for 127.0.0.1 and its key, from the openssl command line tool."""
-    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-               "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"), "-days", "1",
-               "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]  # fmt: skip
-    try:
-        subprocess.run(command, check=True, capture_output=True, timeout=60)
-    except FileNotFoundError:
-        pytest.skip("the openssl command is not installed")
-    return (folder / "cert.pem").read_bytes(), (folder / "key.pem").read_bytes()
-
-
 def test_token_over_tls(tmp_path: Path) -> None:
     """With TLS the token travels as call credentials and arrives as `authorization: Bearer <token>`."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = (path.read_bytes() for path in self_signed(tmp_path))
     for served in serve_recorder(Recorder(), grpc.ssl_server_credentials([(key, cert)])):
         with StyleClient(served.address, tls=True, root_certificates=cert, token="tls-token") as client:
             client.describe(timeout_s=30)

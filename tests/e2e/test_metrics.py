@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,12 +10,9 @@ import grpc
 import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.images import png
-from tests.servers import ServerProcess, start_server
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+from tests.servers import Samples, ServerProcess, start_server
 
 
 @pytest.fixture(name="server", scope="module")
@@ -41,20 +36,7 @@ def _server(model_dir: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(name="scrape")
 def _scrape(server: ServerProcess) -> Callable[[], Samples]:
-    match = re.search(r"metrics on ([\d.]+:\d+)", server.wait_logged(r"metrics on"))
-    assert match, server.log()
-    url = f"http://{match[1]}/metrics"
-
-    def scrape() -> Samples:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        return {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    return scrape
+    return server.scrape
 
 
 @pytest.fixture(name="stub")

@@ -19,6 +19,9 @@ from PIL import Image
 
 from tests.images import encoded, picture, png, png_claiming_size
 from tests.reference_losses import first_losses
+from tests.requests import assert_serves
+from tests.requests import events as _events
+from tests.requests import stylize_request as _request
 from tests.servers import ServerProcess, start_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -36,20 +39,6 @@ def _server(model_dir: Path) -> Iterator[ServerProcess]:
 def _stub(server: ServerProcess) -> Iterator[pb_grpc.StyleTransferServiceStub]:
     with grpc.insecure_channel(server.address) as channel:
         yield pb_grpc.StyleTransferServiceStub(channel)
-
-
-def _request(width: int = 64, height: int = 48, **options: object) -> pb.StylizeRequest:
-    """A valid request at (by default) the content's own small size, so that tests stay fast."""
-    options.setdefault("max_side_px", max(width, height))
-    return pb.StylizeRequest(
-        content_image=png(width, height, seed=1),
-        style_images=[pb.StyleImage(image=png(64, 64, seed=2))],
-        options=pb.StylizeOptions(**options),
-    )
-
-
-def _events(responses: Iterator[pb.StylizeResponse]) -> list[tuple[str, object]]:
-    return [(r.WhichOneof("event"), getattr(r, r.WhichOneof("event"))) for r in responses]
 
 
 def test_stream_order_previews_and_result(stub: pb_grpc.StyleTransferServiceStub) -> None:
@@ -224,6 +213,7 @@ def test_bad_input_is_invalid_argument(stub: pb_grpc.StyleTransferServiceStub, c
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.details()
     assert "Traceback" not in error.value.details()
+    assert_serves(stub)
 
 
 def test_message_over_the_limit_is_refused(model_dir: Path) -> None:

@@ -1,0 +1,49 @@
+"""Helpers of the reliability suite: figures for RELIABILITY.md, the server's memory, waiting for idle capacity."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from tests.servers import ServerProcess
+
+REPORT_ENV = "NST_RELIABILITY_REPORT"  # a directory: each figure-producing test writes NAME.json there
+
+
+def report(name: str, figures: dict[str, object]) -> None:
+    """Print a test's figures (seen with `pytest -s`) and, if $NST_RELIABILITY_REPORT is set, write them as JSON.
+
+    RELIABILITY.md quotes these, so its numbers come from a command rather than from memory.
+    """
+    text = json.dumps(figures, sort_keys=True)
+    print(f"\nRELIABILITY {name} {text}")
+    if folder := os.environ.get(REPORT_ENV):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+
+
+def rss_mib(server: ServerProcess) -> float:
+    """The server process's resident memory (VmRSS of /proc/PID/status) in MiB."""
+    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {server.process.pid}")
+
+
+def wait_idle(server: ServerProcess, timeout_s: float = 30.0) -> None:
+    """Wait until the server reports no job running and none queued (its metrics); fail after ``timeout_s``.
+
+    A job stops within one evaluation of its caller leaving, and its slot frees when its worker returns: a little
+    after the caller has gone, so capacity is polled for rather than assumed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = server.scrape()
+        busy = samples[("nst_jobs_running", frozenset())], samples[("nst_jobs_queued", frozenset())]
+        if busy == (0, 0):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"capacity never returned: {busy[0]:g} running, {busy[1]:g} queued")
+        time.sleep(0.05)
