@@ -145,6 +145,7 @@ def _job(client: StyleClient, content: Path, style: Path, **options: Any) -> dic
                 "iterations": iterations,
                 "final_loss": event.losses.total,
                 "optimise_s": event.timings.optimise_s,
+                "evaluate_s": event.timings.evaluate_s,
                 "client_s_after_first_progress": end - (first or end),
             }
     raise RuntimeError("the stream ended without a result")

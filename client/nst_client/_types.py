@@ -122,6 +122,7 @@ class Timings:
     warmup_s: float
     optimise_s: float
     total_s: float
+    evaluate_s: float  # the part of optimise_s inside the model's runs; the rest is the server's host work
 
 
 @dataclass(frozen=True, slots=True)

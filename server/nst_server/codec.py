@@ -295,7 +295,8 @@ def to_response(event: Event) -> pb.StylizeResponse:
                 image=event.image, format=_FORMAT_TO_PB[event.format], width=event.width, height=event.height,
                 losses=_losses(event.losses), iterations=event.iterations, evaluations=event.evaluations,
                 timings=pb.Timings(
-                    queued_s=t.queued_s, warmup_s=t.warmup_s, optimise_s=t.optimise_s, total_s=t.total_s
+                    queued_s=t.queued_s, warmup_s=t.warmup_s, optimise_s=t.optimise_s, total_s=t.total_s,
+                    evaluate_s=t.evaluate_s,
                 ),
             ))  # fmt: skip
     raise TypeError(f"not an event: {event!r}")

@@ -139,6 +139,7 @@ class Timings:
     warmup_s: float = 0.0
     optimise_s: float = 0.0
     total_s: float = 0.0
+    evaluate_s: float = 0.0  # the part of optimise_s inside the model's runs
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,7 +140,7 @@ def stylize(
     styles = _styles_for_colour(job)
     canvas = initial_canvas(options.init, job)
     iterations = evaluations = 0
-    preparing_s = optimising_s = 0.0
+    preparing_s = optimising_s = evaluating_s = 0.0
     clock: float | None = None  # Progress.elapsed_s counts from the end of the first warm-up
     for number, (size, budget) in enumerate(zip(sizes, budgets, strict=True), start=1):
         prepared = time.perf_counter()
@@ -151,13 +151,15 @@ def stylize(
         clock = clock or optimising
         emit(ScaleStarted(number, len(sizes), *size, budget))
         on_step = _reporter(job, scale, canvas.shape, (iterations, evaluations), clock, emit)
+        warm_up_s = scale.evaluate.seconds  # the warm-up's run, if this size was new: preparation, not optimisation
         outcome = _optimise(job, scale, canvas, budget, on_step, should_stop)
+        evaluating_s += scale.evaluate.seconds - warm_up_s
         canvas = outcome.x.reshape(canvas.shape).astype(np.float32)
         iterations, evaluations = iterations + outcome.iterations, evaluations + outcome.evaluations
         optimising_s += time.perf_counter() - optimising
     image = images.encode(_presentable(job, canvas, scale.content), options.output_format)
     finished = time.perf_counter()
-    timings = Timings(queued_s, preparing_s, optimising_s, finished - began + queued_s)
+    timings = Timings(queued_s, preparing_s, optimising_s, finished - began + queued_s, evaluating_s)
     result = Result(image, options.output_format, *job.size, outcome.losses, iterations, evaluations, timings)
     emit(result)
     return result
