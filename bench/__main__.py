@@ -62,6 +62,14 @@ def _evaluation(method: str, model: Path, pooling: str, size: int, threads: int,
     return result | {"gflop": flops / 1e9, "gflops_per_s": flops / result["median_s"] / 1e9}
 
 
+def _profile(model: Path, size: int, threads: int) -> dict[str, Any]:
+    """`python -m bench.profile` in its own process, as the evaluations run."""
+    command = [sys.executable, "-m", "bench.profile", "--model", str(model), "--size", str(size)]
+    done = subprocess.run([*command, "--threads", str(threads), "--json"], capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
 def evaluations(models: dict[str, Path], sizes: list[int], threads: int, devices: list[str]) -> list[dict[str, Any]]:
     rows = []
     for device in devices:
@@ -105,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(scratch)
         models = {pooling: _export(pooling, workdir) for pooling in ("max", "avg")}
         _write(args.out / "evaluation.json", evaluations(models, sizes, args.threads, devices))
+        print(f"bench: onnxruntime's profile of one evaluation at {args.service_size} px", file=sys.stderr)
+        _write(
+            args.out / "profile.json",
+            {pooling: _profile(model, args.service_size, args.threads) for pooling, model in models.items()},
+        )
         content, style, source = service.inputs(workdir, args.service_size)
         print("bench: optimisers in-process, then the service", file=sys.stderr)
         local = service.in_process(

@@ -72,6 +72,24 @@ def _register_shared_cpu_arena() -> None:
             _arena_registered = True
 
 
+def _session_options(threads: int) -> ort.SessionOptions:
+    """What every session of the server runs with; the comments say why each differs from the default."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    # Idle pool threads would otherwise spin after each run, taking the cores the host optimiser needs
+    # between runs (its step took 4x as long at 512 px); the runs' own ops are too large to notice.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The memory pattern plans one block per input shape and keeps it: at 512 px it raised the peak from
+    # about 1.06 GB to 1.6 GB for no measurable speed, and every new size would add another.
+    options.enable_mem_pattern = False
+    # One arena for every session in the process, grown only by what is asked for: the targets run's memory
+    # is reused by the loss runs, and release_memory() can hand it all back (512 px peak 1.07 -> 0.89 GB).
+    _register_shared_cpu_arena()
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
+
+
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     """One loss and gradient evaluation. ``grad`` is the evaluator's buffer: consume it before the next call."""
@@ -138,28 +156,24 @@ class Evaluator:
 class LossGraphs:
     """Both graphs of one exported model directory, loaded once and shared by every job."""
 
-    def __init__(self, model_dir: Path, device: Device = "auto", threads: int = 0) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        # Idle pool threads would otherwise spin after each run, taking the cores the host optimiser needs
-        # between runs (its step took 4x as long at 512 px); the runs' own ops are too large to notice.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # The memory pattern plans one block per input shape and keeps it: at 512 px it raised the peak from
-        # about 1.06 GB to 1.6 GB for no measurable speed, and every new size would add another.
-        options.enable_mem_pattern = False
-        # One arena for every session in the process, grown only by what is asked for: the targets run's memory
-        # is reused by the loss runs, and release_memory() can hand it all back (512 px peak 1.07 -> 0.89 GB).
-        _register_shared_cpu_arena()
-        options.add_session_config_entry("session.use_env_allocators", "1")
+    def __init__(
+        self, model_dir: Path, device: Device = "auto", threads: int = 0, profile_dir: Path | None = None
+    ) -> None:
+        """Load both graphs; with ``profile_dir``, the loss graph's runs are profiled (see ``end_profiling``)."""
+        loss_options = _session_options(threads)
+        if profile_dir is not None:  # for `python -m bench.profile`: the server never profiles
+            loss_options.enable_profiling = True
+            loss_options.profile_file_prefix = str(profile_dir / "loss")
         providers = choose_providers(device, ort.get_available_providers())
         if CUDA_PROVIDER in providers:
             # Load CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn] (the container's
             # way) before the provider needs them; libraries already on the loader's path are used otherwise.
             ort.preload_dlls()
         self.name = model_dir.name
-        self._targets = ort.InferenceSession(str(model_dir / mf.TARGETS_FILE), options, providers=providers)
-        self._loss = ort.InferenceSession(str(model_dir / mf.LOSS_FILE), options, providers=providers)
+        self._targets = ort.InferenceSession(
+            str(model_dir / mf.TARGETS_FILE), _session_options(threads), providers=providers
+        )
+        self._loss = ort.InferenceSession(str(model_dir / mf.LOSS_FILE), loss_options, providers=providers)
         self.device = device_of(self._loss.get_providers(), device)
         metadata = self._loss.get_modelmeta().custom_metadata_map
         if mf.METADATA_KEY not in metadata:
@@ -179,6 +193,10 @@ class LossGraphs:
         if evaluator.shape not in self._warm_shapes:
             evaluator(image)
             self._warm_shapes.add(evaluator.shape)
+
+    def end_profiling(self) -> Path:
+        """Stop profiling the loss graph (``profile_dir`` given) and return the JSON trace onnxruntime wrote."""
+        return Path(self._loss.end_profiling())
 
     def release_memory(self) -> None:
         """Return the shared arena's free memory to the system, e.g. after a job at a large size.
