@@ -122,14 +122,6 @@ def in_process(
     return {"size": [photo.shape[3], photo.shape[2]], "bare_evaluation_s": bare_s, "optimisers": runs}
 
 
-def _status(pid: int, field: str) -> float:
-    """A /proc/PID/status memory field in MB (VmRSS now, VmHWM the peak so far)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def _job(client: StyleClient, content: Path, style: Path, **options: Any) -> dict[str, Any]:
     """One job through the client; wall time from the first progress event to the result, as the caller sees it."""
     first: float | None = None
@@ -171,7 +163,7 @@ def through_service(
                 )
                 for optimizer in ("lbfgs", "adam")
             }
-            peak_mb = _status(server.process.pid, "VmHWM")
+            peak_mb = server.memory_mib("VmHWM")
             sizes = memory_by_size(client, server, content, style)
     finally:
         server.terminate()
@@ -187,12 +179,11 @@ def memory_by_size(client: StyleClient, server: ServerProcess, content: Path, st
     rows = []
     for side in (256, 384, 512, 768, 1024, 512, 320, 640, 448, 512, 256, 512):
         job = _job(client, content, style, max_side_px=side, max_evaluations=4, optimizer="adam")
-        pid = server.process.pid
         rows.append(
             {
                 "side": side,
-                "rss_mb": _status(pid, "VmRSS"),
-                "peak_rss_mb": _status(pid, "VmHWM"),
+                "rss_mb": server.memory_mib(),
+                "peak_rss_mb": server.memory_mib("VmHWM"),
                 "s_per_evaluation": job["optimise_s"] / job["evaluations"],
             }
         )

@@ -68,6 +68,13 @@ class ServerProcess:
             time.sleep(0.05)
         return jobs
 
+    def memory_mib(self, field: str = "VmRSS") -> float:
+        """A memory field of the process's /proc/PID/status in MiB: VmRSS (resident now) or VmHWM (its peak)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError(f"no {field} for pid {self.process.pid}")
+
     def scrape(self) -> Samples:
         """The server's Prometheus metrics now (it must have been started with --metrics-port)."""
         match = _METRICS.search(self.wait_logged(r"metrics on"))

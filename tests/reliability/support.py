@@ -1,4 +1,4 @@
-"""Helpers of the reliability suite: figures for RELIABILITY.md, the server's memory, waiting for idle capacity."""
+"""Helpers of the reliability suite: figures for RELIABILITY.md, waiting for idle capacity."""
 
 from __future__ import annotations
 
@@ -22,14 +22,6 @@ def report(name: str, figures: dict[str, object]) -> None:
     if folder := os.environ.get(REPORT_ENV):
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-
-
-def rss_mib(server: ServerProcess) -> float:
-    """The server process's resident memory (VmRSS of /proc/PID/status) in MiB."""
-    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for pid {server.process.pid}")
 
 
 def wait_idle(server: ServerProcess, timeout_s: float = 30.0) -> None:

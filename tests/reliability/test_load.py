@@ -22,7 +22,7 @@ from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from tests.client.support import cli_env
 from tests.images import png
-from tests.reliability.support import report, rss_mib, wait_idle
+from tests.reliability.support import report, wait_idle
 from tests.requests import assert_serves, status_of, stylize_request
 from tests.servers import ServerProcess, start_server
 
@@ -168,8 +168,8 @@ def test_memory_after_200_jobs_is_within_bound_of_after_20(model_dir: Path) -> N
                 else:
                     assert status_of(call) == (grpc.StatusCode.OK, "")
                 if job == MEMORY_BASELINE_AFTER:
-                    baseline = rss_mib(server)
-            final = rss_mib(server)
+                    baseline = server.memory_mib()
+            final = server.memory_mib()
         outcomes = Counter(outcome for _, outcome in server.wait_jobs(MEMORY_JOBS))
     finally:
         assert server.terminate() == 0
