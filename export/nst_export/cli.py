@@ -32,6 +32,12 @@ log = logging.getLogger("nst_export")
 
 # Non-square and not a multiple of 16, so that pooling's dropped edges are part of the check.
 PARITY_SIZE = (37, 53)
+# The plain loss (no regions), two guided regions, and the circular-padding graphs.
+PARITY_VARIANTS: dict[str, dict[str, bool]] = {
+    "plain": {},
+    "guided": {"guided": True},
+    "circular": {"circular": True},
+}
 
 RANDOM_WARNING = (
     "WARNING: random weights. The graphs compute the exact Gatys loss of an untrained network: use them for "
@@ -140,10 +146,11 @@ def export(args: argparse.Namespace) -> Path:
     staging = _staging_dir(out)
     try:
         write_graphs(model, manifest, staging)
-        report = check_parity(staging, model, *random_images(*PARITY_SIZE, seed=args.seed))
-        if not report.passed:
-            raise ExportError(f"parity check against PyTorch failed: {report}; nothing was written")
-        log.info("parity with PyTorch autograd at %dx%d: %s", *PARITY_SIZE, report)
+        for variant, options in PARITY_VARIANTS.items():
+            report = check_parity(staging, model, *random_images(*PARITY_SIZE, seed=args.seed), **options)
+            if not report.passed:
+                raise ExportError(f"parity check ({variant}) against PyTorch failed: {report}; nothing was written")
+            log.info("parity with PyTorch autograd at %dx%d (%s): %s", *PARITY_SIZE, variant, report)
         staging.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
         if out.exists():
             shutil.rmtree(out)

@@ -11,6 +11,11 @@ The backward pass is written out as ordinary ONNX operators, so the server needs
 The formulations are the fast ones in onnxruntime's CPU kernels; `bench/formulations.py` times the
 alternatives.
 Image height and width are dynamic; batch is 1.
+
+Spatial control (Gatys et al. 2017, "Controlling Perceptual Factors", section 4.1) uses guided Gram matrices;
+the guides are graph inputs, so one export serves any number of regions (see ``_guided_gram``). The circular
+variant pads every convolution by wrapping around (Slice + Concat, since Pad's ``wrap`` mode lacks CUDA kernels);
+its adjoint is again a circular convolution, with the flipped kernel.
 """
 
 from __future__ import annotations
@@ -81,6 +86,24 @@ class _Forward:
     outputs: dict[str, str]  # every layer's output, by layer name
     inputs: dict[str, str]  # every layer's input, by layer name
     conv_weights: dict[str, str]
+    circular: bool = False  # every conv pads by wrapping around instead of with zeros
+
+
+def _wrap_pad(b: _Builder, x: str) -> str:
+    """Pad H and W by one on each side with the opposite edge: circular padding as Slice + Concat."""
+    for axis in (2, 3):
+        last = b.op("Slice", x, b.i64(-1), b.i64(_INT64_MAX), b.i64(axis))
+        first = b.op("Slice", x, b.i64(0), b.i64(1), b.i64(axis))
+        x = b.op("Concat", last, x, first, axis=axis)
+    return x
+
+
+def _conv(b: _Builder, x: str, weight: str, bias: str | None, circular: bool) -> str:
+    """3x3 convolution, stride 1, with zero or circular padding of 1."""
+    inputs = (weight,) if bias is None else (weight, bias)
+    if circular:
+        return b.op("Conv", _wrap_pad(b, x), *inputs, kernel_shape=[3, 3], pads=[0, 0, 0, 0])
+    return b.op("Conv", x, *inputs, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
 
 
 def _preprocessing(flavour: mf.Preprocessing) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -96,7 +119,9 @@ def _preprocessing(flavour: mf.Preprocessing) -> tuple[np.ndarray, np.ndarray, l
     return np.full(3, 255.0, np.float32), shift.astype(np.float32), [2, 1, 0]
 
 
-def _forward(b: _Builder, model: VGG19Features, pooling: mf.Pooling, flavour: mf.Preprocessing) -> _Forward:
+def _forward(
+    b: _Builder, model: VGG19Features, pooling: mf.Pooling, flavour: mf.Preprocessing, circular: bool = False
+) -> _Forward:
     scale, shift, channel_order = _preprocessing(flavour)
     x = b.op("Mul", mf.IMAGE_INPUT, b.const(scale.reshape(1, 3, 1, 1), "pre_scale"))
     x = b.op("Add", x, b.const(shift.reshape(1, 3, 1, 1), "pre_shift"))
@@ -113,14 +138,14 @@ def _forward(b: _Builder, model: VGG19Features, pooling: mf.Pooling, flavour: mf
             w_name = b.const(np.ascontiguousarray(weight, dtype=np.float32), f"{layer.name}.weight")
             bias_name = b.const(bias.astype(np.float32), f"{layer.name}.bias")
             conv_weights[layer.name] = w_name
-            x = b.op("Conv", x, w_name, bias_name, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            x = _conv(b, x, w_name, bias_name, circular)
         elif layer.kind == "relu":
             x = b.op("Relu", x)
         else:
             pool = "MaxPool" if pooling == "max" else "AveragePool"
             x = b.op(pool, x, kernel_shape=[2, 2], strides=[2, 2])
         outputs[layer.name] = x
-    return _Forward(outputs, inputs, conv_weights)
+    return _Forward(outputs, inputs, conv_weights, circular)
 
 
 def _gram(b: _Builder, features: str, channels: int) -> tuple[str, str, str]:
@@ -129,6 +154,47 @@ def _gram(b: _Builder, features: str, channels: int) -> tuple[str, str, str]:
     count = b.op("Cast", b.op("Size", matrix), to=TensorProto.FLOAT)
     product = b.op("MatMul", matrix, b.op("Transpose", matrix, perm=[1, 0]))
     return b.op("Div", product, count), matrix, count
+
+
+def _layer_guides(b: _Builder, model: VGG19Features, guides: str, wanted: tuple[str, ...]) -> dict[str, str]:
+    """Guides (R, H, W) at each wanted layer's grid, as (R, 1, M): averaged 2x2 wherever the network pools.
+
+    Average pooling in floor mode gives exactly the features' grid, and keeps an all-ones guide all ones.
+    """
+    mask = b.op("Unsqueeze", guides, b.i64(1))
+    by_layer: dict[str, str] = {}
+    for layer in model.layers:
+        if layer.kind == "pool":
+            mask = b.op("AveragePool", mask, kernel_shape=[2, 2], strides=[2, 2])
+        if layer.name in wanted:
+            by_layer[layer.name] = b.op("Reshape", mask, b.i64(0, 1, -1))
+    return by_layer
+
+
+@dataclass(frozen=True, slots=True)
+class _Gram:
+    """Guided Gram matrices of one layer, (R, N, N), with what their gradient needs."""
+
+    gram: str
+    guided: str  # F_r = F * T_r, (R, N, M)
+    count: str  # N * sum_m T_r[m]^2, (R, 1, 1)
+
+
+def _guided_gram(b: _Builder, features: str, channels: int, guide: str) -> _Gram:
+    """G_r = (F . T_r)(F . T_r)^T / (N * sum_m T_r[m]^2) for each region r.
+
+    F is the layer's N x M feature matrix, T_r (M,) region r's guide at the layer's grid and ``.`` scales each
+    column m by T_r[m] (Gatys et al. 2017, eq. for guided Gram matrices). Dividing by the guide's mass, sum of T^2
+    (the region's area for a binary guide), makes G_r an average over the region like Gatys et al. 2016's
+    F F^T / (N M), which it equals exactly when T_r is all ones. A guide that vanishes at this grid gives G_r = 0
+    rather than 0/0.
+    """
+    matrix = b.op("Reshape", features, b.i64(1, channels, -1))
+    guided = b.op("Mul", matrix, guide)
+    mass = b.op("ReduceSum", b.op("Mul", guide, guide), b.i64(1, 2), keepdims=1)
+    count = b.op("Mul", b.op("Max", mass, b.f32(1e-30)), b.f32(float(channels)))
+    product = b.op("MatMul", guided, b.op("Transpose", guided, perm=[0, 2, 1]))
+    return _Gram(b.op("Div", product, count), guided, count)
 
 
 def _mean_square(b: _Builder, diff: str) -> tuple[str, str]:
@@ -187,10 +253,33 @@ def _pool_backward(b: _Builder, grad: str, layer_input: str, pooled: str, poolin
     return _scatter_windows(b, pieces, layer_input, pooled)
 
 
-def _conv_backward(b: _Builder, grad: str, weight: str) -> str:
+def _conv_backward(b: _Builder, grad: str, weight: str, circular: bool) -> str:
     swapped = b.op("Transpose", weight, perm=[1, 0, 2, 3])
     flipped = b.op("Slice", swapped, b.i64(-1, -1), b.i64(_INT64_MIN, _INT64_MIN), b.i64(2, 3), b.i64(-1, -1))
-    return b.op("Conv", grad, flipped, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    return _conv(b, grad, flipped, None, circular)
+
+
+def _roll(b: _Builder, x: str, shift: int, axis: int) -> str:
+    """``x`` rolled by +1 or -1 along ``axis``, as numpy.roll does."""
+    split = -1 if shift == 1 else 1
+    head = b.op("Slice", x, b.i64(0), b.i64(split), b.i64(axis))
+    tail = b.op("Slice", x, b.i64(split), b.i64(_INT64_MAX), b.i64(axis))
+    return b.op("Concat", tail, head, axis=axis)
+
+
+def _total_variation_circular(b: _Builder, image: str) -> tuple[str, str]:
+    """L_tv and its gradient on the torus: the differences across the wrap count like any others."""
+    loss: str | None = None
+    grad: str | None = None
+    for axis in (2, 3):
+        diff = b.op("Sub", _roll(b, image, -1, axis), image)  # x[i+1] - x[i], i+1 taken mod the size
+        term, count = _mean_square(b, diff)
+        loss = _add(b, loss, term)
+        d_diff = b.op("Mul", diff, b.op("Div", b.f32(2.0), count))
+        grad = _add(b, grad, b.op("Sub", _roll(b, d_diff, 1, axis), d_diff))
+    assert loss is not None
+    assert grad is not None
+    return loss, grad
 
 
 def _total_variation(b: _Builder, image: str) -> tuple[str, str]:
@@ -226,6 +315,11 @@ def _gram_info(name: str, layer: Layer) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [layer.out_channels, layer.out_channels])
 
 
+def _region_gram_info(name: str, layer: Layer) -> onnx.ValueInfoProto:
+    shape: list[int | str] = ["regions", layer.out_channels, layer.out_channels]
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
 def _scalar_info(name: str) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [])
 
@@ -238,24 +332,71 @@ def _model(b: _Builder, name: str, inputs: list, outputs: list, manifest: mf.Man
     return model
 
 
-def build_targets_graph(model: VGG19Features, manifest: mf.Manifest) -> onnx.ModelProto:
-    """image -> content features at the content layers and Gram matrices at the style layers."""
+def _guide_input(name: str, regions: int | str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [regions, "height", "width"])
+
+
+def build_targets_graph(
+    model: VGG19Features, manifest: mf.Manifest, circular: bool = False, guided: bool = True
+) -> onnx.ModelProto:
+    """image and its guide -> content features at the content layers and guided Gram matrices at the style layers.
+
+    The guide (1, H, W) selects the part of a style image that counts; all ones is the whole image.
+    ``guided=False``: no guide input, plain Gram matrices (see ``build_loss_graph``).
+    """
     b = _Builder()
-    forward = _forward(b, model, manifest.pooling, manifest.preprocessing)
+    forward = _forward(b, model, manifest.pooling, manifest.preprocessing, circular)
     layer = {layer.name: layer for layer in model.layers}
     outputs = []
     for name in manifest.content_layers:
         b.output(forward.outputs[name], mf.content_target_name(name))
         outputs.append(_feature_info(mf.content_target_name(name), layer[name]))
+    guides = _layer_guides(b, model, mf.GUIDE_INPUT, manifest.style_layers) if guided else {}
     for name in manifest.style_layers:
-        gram, _, _ = _gram(b, forward.outputs[name], layer[name].out_channels)
+        channels = layer[name].out_channels
+        if guided:
+            gram = b.op("Squeeze", _guided_gram(b, forward.outputs[name], channels, guides[name]).gram, b.i64(0))
+        else:
+            gram, _, _ = _gram(b, forward.outputs[name], channels)
         b.output(gram, mf.gram_target_name(name))
         outputs.append(_gram_info(mf.gram_target_name(name), layer[name]))
-    return _model(b, "nst_targets", [_image_input()], outputs, manifest)
+    inputs = [_image_input(), _guide_input(mf.GUIDE_INPUT, 1)] if guided else [_image_input()]
+    name = "nst_targets_circular" if circular else "nst_targets"
+    return _model(b, name, inputs, outputs, manifest)
+
+
+def _plain_style_term(b: _Builder, features: str, channels: int, target: str, scale: str) -> tuple[str, str]:
+    """mean((G - A)^2) and its gradient at F, the unguided formulation (Gatys et al. 2016)."""
+    gram, matrix, count = _gram(b, features, channels)
+    diff = b.op("Sub", gram, target)
+    term, _ = _mean_square(b, diff)
+    # dF = scale * (D + D^T) F / (N M)
+    symmetric = b.op("Add", diff, b.op("Transpose", diff, perm=[1, 0]))
+    d_matrix = b.op("Mul", b.op("MatMul", symmetric, matrix), b.op("Div", scale, count))
+    return term, b.op("Reshape", d_matrix, b.op("Shape", features))
+
+
+def _guided_style_term(
+    b: _Builder, features: str, channels: int, target: str, scale: str, guide: str, region_weights: str
+) -> tuple[str, str]:
+    """sum_r lambda_r mean((G_r - A_r)^2), the regions' terms of Gatys et al. 2017, and its gradient at F.
+
+    dF_r = lambda_r * scale * (D_r + D_r^T) F_r / count_r with F_r = F . T_r, so dF = sum_r dF_r . T_r.
+    With one all-ones region and lambda 1 every step is the plain term's, multiplied or divided by exactly 1.
+    """
+    gram = _guided_gram(b, features, channels, guide)
+    diff = b.op("Sub", gram.gram, target)
+    squares = b.op("Mul", region_weights, b.op("Mul", diff, diff))
+    term = b.op("Div", b.op("ReduceSum", squares, keepdims=0), b.f32(float(channels**2)))
+    symmetric = b.op("Add", diff, b.op("Transpose", diff, perm=[0, 2, 1]))
+    coefficient = b.op("Div", b.op("Mul", scale, region_weights), gram.count)
+    d_guided = b.op("Mul", b.op("MatMul", symmetric, gram.guided), coefficient)
+    d_matrix = b.op("ReduceSum", b.op("Mul", d_guided, guide), b.i64(0), keepdims=0)
+    return term, b.op("Reshape", d_matrix, b.op("Shape", features))
 
 
 def _loss_gradients(
-    b: _Builder, model: VGG19Features, forward: _Forward, manifest: mf.Manifest
+    b: _Builder, model: VGG19Features, forward: _Forward, manifest: mf.Manifest, guided: bool
 ) -> tuple[str, str, dict[str, str]]:
     """L_c and L_s (with their per-layer weights) and the gradient of alpha L_c + beta L_s at each layer."""
     layer = {layer.name: layer for layer in model.layers}
@@ -270,29 +411,35 @@ def _loss_gradients(
         coefficient = b.op("Div", b.op("Mul", b.op("Mul", weight, mf.CONTENT_WEIGHT_INPUT), b.f32(2.0)), count)
         grads[name] = _add(b, grads.get(name), b.op("Mul", diff, coefficient))
     style_loss: str | None = None
+    guides = _layer_guides(b, model, mf.REGION_GUIDES_INPUT, manifest.style_layers) if guided else {}
+    region_weights = b.op("Reshape", mf.REGION_WEIGHTS_INPUT, b.i64(-1, 1, 1)) if guided else ""
     for index, name in enumerate(manifest.style_layers):
-        channels = layer[name].out_channels
-        gram, matrix, count = _gram(b, forward.outputs[name], channels)
-        diff = b.op("Sub", gram, mf.gram_target_name(name))
-        term, _ = _mean_square(b, diff)
+        channels, features, target = layer[name].out_channels, forward.outputs[name], mf.gram_target_name(name)
         weight = _layer_weight(b, mf.STYLE_LAYER_WEIGHTS_INPUT, index)
-        style_loss = _add(b, style_loss, b.op("Mul", weight, term))
-        # d(beta w mean(D^2))/dF = 2 beta w / N^2 * (D + D^T) F / (N M), D = G - A
+        # The coefficient of dL/dG: d(beta w mean(D^2))/dG = 2 beta w D / N^2, D = G - A.
         scale = b.op("Mul", b.op("Mul", weight, mf.STYLE_WEIGHT_INPUT), b.f32(2.0 / channels**2))
-        symmetric = b.op("Add", diff, b.op("Transpose", diff, perm=[1, 0]))
-        d_matrix = b.op("Mul", b.op("MatMul", symmetric, matrix), b.op("Div", scale, count))
-        d_features = b.op("Reshape", d_matrix, b.op("Shape", forward.outputs[name]))
+        if guided:
+            term, d_features = _guided_style_term(b, features, channels, target, scale, guides[name], region_weights)
+        else:
+            term, d_features = _plain_style_term(b, features, channels, target, scale)
+        style_loss = _add(b, style_loss, b.op("Mul", weight, term))
         grads[name] = _add(b, grads.get(name), d_features)
     assert content_loss is not None
     assert style_loss is not None
     return content_loss, style_loss, grads
 
 
-def build_loss_graph(model: VGG19Features, manifest: mf.Manifest) -> onnx.ModelProto:
-    """image, targets and weights -> loss, its unweighted terms, and d(loss)/d(image), in one run."""
+def build_loss_graph(
+    model: VGG19Features, manifest: mf.Manifest, circular: bool = False, guided: bool = True
+) -> onnx.ModelProto:
+    """image, targets, region guides and weights -> loss, its unweighted terms, and d(loss)/d(image), in one run.
+
+    ``guided=False`` builds the plain Gatys graph without guide inputs (Gram targets (N, N)), the formulation
+    before spatial control: the tests prove the guided graph gives bit-identical results on all-ones guides.
+    """
     b = _Builder()
-    forward = _forward(b, model, manifest.pooling, manifest.preprocessing)
-    content_loss, style_loss, layer_grads = _loss_gradients(b, model, forward, manifest)
+    forward = _forward(b, model, manifest.pooling, manifest.preprocessing, circular)
+    content_loss, style_loss, layer_grads = _loss_gradients(b, model, forward, manifest, guided)
 
     grad: str | None = None
     for layer in reversed(model.layers):
@@ -303,13 +450,13 @@ def build_loss_graph(model: VGG19Features, manifest: mf.Manifest) -> onnx.ModelP
         if layer.kind == "relu":
             grad = _masked(b, grad, b.op("Greater", forward.outputs[layer.name], b.f32(0.0)))
         elif layer.kind == "conv":
-            grad = _conv_backward(b, grad, forward.conv_weights[layer.name])
+            grad = _conv_backward(b, grad, forward.conv_weights[layer.name], circular)
         else:
             grad = _pool_backward(b, grad, forward.inputs[layer.name], forward.outputs[layer.name], manifest.pooling)
     assert grad is not None
     scale, _, _ = _preprocessing(manifest.preprocessing)
     image_grad = b.op("Mul", grad, b.const(scale.reshape(1, 3, 1, 1), "pre_scale"))
-    tv_loss, tv_grad = _total_variation(b, mf.IMAGE_INPUT)
+    tv_loss, tv_grad = (_total_variation_circular if circular else _total_variation)(b, mf.IMAGE_INPUT)
     image_grad = b.op("Add", image_grad, b.op("Mul", tv_grad, mf.TV_WEIGHT_INPUT))
 
     total = b.op(
@@ -323,7 +470,18 @@ def build_loss_graph(model: VGG19Features, manifest: mf.Manifest) -> onnx.ModelP
     inputs = [
         _image_input(),
         *(_feature_info(mf.content_target_name(n), layer[n]) for n in manifest.content_layers),
-        *(_gram_info(mf.gram_target_name(n), layer[n]) for n in manifest.style_layers),
+        *(
+            (_region_gram_info if guided else _gram_info)(mf.gram_target_name(n), layer[n])
+            for n in manifest.style_layers
+        ),
+        *(
+            [
+                _guide_input(mf.REGION_GUIDES_INPUT, "regions"),
+                helper.make_tensor_value_info(mf.REGION_WEIGHTS_INPUT, TensorProto.FLOAT, ["regions"]),
+            ]
+            if guided
+            else []
+        ),
         *(_scalar_info(n) for n in (mf.CONTENT_WEIGHT_INPUT, mf.STYLE_WEIGHT_INPUT, mf.TV_WEIGHT_INPUT)),
         helper.make_tensor_value_info(
             mf.CONTENT_LAYER_WEIGHTS_INPUT, TensorProto.FLOAT, [len(manifest.content_layers)]
@@ -332,12 +490,14 @@ def build_loss_graph(model: VGG19Features, manifest: mf.Manifest) -> onnx.ModelP
     ]
     outputs = [_scalar_info(n) for n in mf.LOSS_OUTPUTS[:-1]]
     outputs.append(helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, 3, "height", "width"]))
-    return _model(b, "nst_loss_and_grad", inputs, outputs, manifest)
+    return _model(b, "nst_loss_and_grad_circular" if circular else "nst_loss_and_grad", inputs, outputs, manifest)
 
 
 def write_graphs(model: VGG19Features, manifest: mf.Manifest, directory: Path) -> None:
-    """Write both graphs into ``directory`` (which must exist)."""
+    """Write both graphs, and their circular-padding variants, into ``directory`` (which must exist)."""
     if deepest_layer(manifest.content_layers + manifest.style_layers) != model.layers[-1].name:
         raise ValueError("the model must end at the deepest loss layer")
     onnx.save(build_targets_graph(model, manifest), directory / mf.TARGETS_FILE)
     onnx.save(build_loss_graph(model, manifest), directory / mf.LOSS_FILE)
+    onnx.save(build_targets_graph(model, manifest, circular=True), directory / mf.CIRCULAR_TARGETS_FILE)
+    onnx.save(build_loss_graph(model, manifest, circular=True), directory / mf.CIRCULAR_LOSS_FILE)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nst_server.graphs import LossGraphs
+from nst_server.graphs import LossGraphs, Regions
 from nst_server.manifest import content_target_name, gram_target_name
 
 from . import reference
@@ -50,21 +50,54 @@ class ParityReport:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Guides:
+    """A two-region case: soft region guides over the image, a different style-side guide per region."""
+
+    regions: reference.GuidedRegions
+    style: tuple[torch.Tensor, torch.Tensor]
+
+
+def _guides(image: torch.Tensor, style: torch.Tensor, seed: int) -> _Guides:
+    generator = torch.Generator().manual_seed(seed + 1)
+    height, width = image.shape[2:]
+    left = torch.rand(height, width, generator=generator) * (torch.arange(width) < width // 2)
+    regions = torch.stack([left, 1.0 - left])  # soft, overlapping nowhere beyond 1
+    style_guides = torch.rand(2, *style.shape[2:], generator=generator)
+    return _Guides(reference.GuidedRegions(regions, torch.tensor([0.7, 1.3])), (style_guides[0], style_guides[1]))
+
+
 def check_parity(
-    model_dir: Path, model: VGG19Features, image: torch.Tensor, content: torch.Tensor, style: torch.Tensor
+    model_dir: Path,
+    model: VGG19Features,
+    image: torch.Tensor,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    guided: bool = False,
+    circular: bool = False,
 ) -> ParityReport:
-    """Compare the graphs in ``model_dir`` with ``reference`` at ``image``, targets from ``content``/``style``."""
+    """Compare the graphs in ``model_dir`` with ``reference`` at ``image``, targets from ``content``/``style``.
+
+    ``guided`` checks spatial control: two soft regions, each with its own style-side guide and weight.
+    ``circular`` checks the circular-padding graphs.
+    """
     graphs = LossGraphs(model_dir, device="cpu")
     manifest = graphs.manifest
     layers = (manifest.content_layers, manifest.style_layers)
-    content_ref = reference.targets(model, content, manifest.preprocessing, *layers)
-    style_ref = reference.targets(model, style, manifest.preprocessing, *layers)
-    expected = reference.Targets(content_ref.content, style_ref.gram)
-
-    content_onnx = graphs.targets(content.numpy())
-    style_onnx = graphs.targets(style.numpy())
-    target_errors = [relative_error(content_onnx[content_target_name(n)], t) for n, t in expected.content.items()]
-    target_errors += [relative_error(style_onnx[gram_target_name(n)], t) for n, t in expected.gram.items()]
+    flavour = manifest.preprocessing
+    content_ref = reference.targets(model, content, flavour, *layers, circular=circular)
+    content_onnx = graphs.targets(content.numpy(), circular=circular)
+    target_errors = [relative_error(content_onnx[content_target_name(n)], t) for n, t in content_ref.content.items()]
+    guides = _guides(image, style, seed=int(image.shape[2] * 1000 + image.shape[3])) if guided else None
+    style_guides = guides.style if guides is not None else (None,)
+    grams: dict[str, list[torch.Tensor]] = {n: [] for n in manifest.style_layers}
+    for guide in style_guides:
+        style_ref = reference.targets(model, style, flavour, *layers, guide=guide, circular=circular)
+        style_onnx = graphs.targets(style.numpy(), None if guide is None else guide.numpy(), circular)
+        target_errors += [relative_error(style_onnx[gram_target_name(n)], t) for n, t in style_ref.gram.items()]
+        for n, t in style_ref.gram.items():
+            grams[n].append(t)
+    expected = reference.Targets(content_ref.content, {n: torch.stack(ts) for n, ts in grams.items()})
 
     weights = manifest.default_loss_weights
     n_style = len(manifest.style_layers)
@@ -74,20 +107,27 @@ def check_parity(
     want = reference.gatys_loss(
         model,
         image,
-        manifest.preprocessing,
+        flavour,
         expected,
         (weights.content, weights.style, weights.tv),
         content_layer_weights,
         style_layer_weights,
+        guides.regions if guides is not None else None,
+        circular,
     )
     feeds = {content_target_name(n): t.numpy() for n, t in expected.content.items()}
     feeds |= {gram_target_name(n): t.numpy() for n, t in expected.gram.items()}
+    regions = None
+    if guides is not None:
+        regions = Regions(guides.regions.guides.numpy(), guides.regions.weights.numpy())
     evaluate = graphs.evaluator(
         (image.shape[2], image.shape[3]),
         feeds,
         weights,
         content_layer_weights,
         style_layer_weights,
+        regions,
+        circular,
     )
     got = evaluate(image.numpy())
     assert want.grad is not None

@@ -6,6 +6,11 @@ N_l x M_l matrix (N_l channels, M_l = H_l * W_l positions).
 - style: G_l = F_l F_l^T / (N_l M_l), L_s = sum_l w_l * mean((G_l(x) - A_l)^2)
 - total variation: L_tv = mean(vertical differences^2) + mean(horizontal differences^2)
 - total: L = alpha L_c + beta L_s + gamma L_tv
+
+Spatial control (Gatys et al. 2017): region r's guide T_r, averaged 2x2 at every pooling to each layer's grid,
+weights the features' columns: G_r = (F T_r)(F T_r)^T / (N sum_m T_r[m]^2), and
+L_s = sum_l w_l sum_r lambda_r mean((G_r(x) - A_r)^2). One all-ones region with lambda 1 is the loss above.
+``circular`` evaluates every convolution with circular padding and L_tv on the torus.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from nst_server.manifest import Preprocessing
+from torch import nn
+from torch.nn import functional
 
 from .vgg import VGG19Features
 
@@ -39,6 +46,41 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return matrix @ matrix.T / matrix.numel()
 
 
+def guided_gram(features: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """G_r = (F T_r)(F T_r)^T / (N sum T_r^2) for features (1, N, H, W) and guides (R, H, W): (R, N, N)."""
+    channels = features.shape[1]
+    weighted = features.reshape(1, channels, -1) * guide.reshape(guide.shape[0], 1, -1)
+    mass = guide.reshape(guide.shape[0], -1).square().sum(dim=1).view(-1, 1, 1)
+    return weighted @ weighted.transpose(1, 2) / (channels * mass)
+
+
+def layer_guides(model: VGG19Features, guides: torch.Tensor, wanted: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Guides (R, H, W) at each wanted layer's grid: averaged 2x2 wherever the network pools."""
+    mask = guides.unsqueeze(1)
+    by_layer: dict[str, torch.Tensor] = {}
+    for layer in model.layers:
+        if layer.kind == "pool":
+            mask = functional.avg_pool2d(mask, 2, 2)
+        if layer.name in wanted:
+            by_layer[layer.name] = mask.squeeze(1)
+    return by_layer
+
+
+class _Circular:
+    """Within the block, every conv of ``model`` pads circularly (PyTorch's own padding_mode="circular")."""
+
+    def __init__(self, model: VGG19Features, on: bool) -> None:
+        self.convs = [m for m in model.features if isinstance(m, nn.Conv2d)] if on else []
+
+    def __enter__(self) -> None:
+        for conv in self.convs:
+            conv.padding_mode = "circular"
+
+    def __exit__(self, *_: object) -> None:
+        for conv in self.convs:
+            conv.padding_mode = "zeros"
+
+
 @dataclass(frozen=True, slots=True)
 class Targets:
     """Content features and style Gram matrices, by layer name."""
@@ -53,14 +95,20 @@ def targets(
     flavour: Preprocessing,
     content_layers: tuple[str, ...],
     style_layers: tuple[str, ...],
+    guide: torch.Tensor | None = None,
+    circular: bool = False,
 ) -> Targets:
-    """What the targets graph computes: F_l(p) at the content layers and G_l(a) at the style layers."""
-    with torch.no_grad():
+    """What the targets graph computes: F_l(p) at the content layers and G_l(a) at the style layers.
+
+    With ``guide`` (H, W), the style layers' Gram matrices are guided by it (only that part of the image counts).
+    """
+    with torch.no_grad(), _Circular(model, circular):
         features = model(preprocess(image, flavour), content_layers + style_layers)
-    return Targets(
-        content={name: features[name] for name in content_layers},
-        gram={name: gram(features[name]) for name in style_layers},
-    )
+        grams = {name: gram(features[name]) for name in style_layers}
+        if guide is not None:
+            guides = layer_guides(model, guide.unsqueeze(0), style_layers)
+            grams = {name: guided_gram(features[name], guides[name])[0] for name in style_layers}
+    return Targets(content={name: features[name] for name in content_layers}, gram=grams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +122,21 @@ class LossTerms:
     grad: torch.Tensor | None = None
 
 
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """L_tv: mean squared difference of vertical neighbours plus that of horizontal neighbours."""
+def total_variation(x: torch.Tensor, circular: bool = False) -> torch.Tensor:
+    """L_tv: mean squared difference of vertical neighbours plus that of horizontal ones (wrapping if circular)."""
+    if circular:
+        return sum((torch.roll(x, -1, dims=d) - x).square().mean() for d in (2, 3))  # type: ignore[return-value]
     vertical = x[..., 1:, :] - x[..., :-1, :]
     horizontal = x[..., :, 1:] - x[..., :, :-1]
     return vertical.square().mean() + horizontal.square().mean()
+
+
+@dataclass(frozen=True, slots=True)
+class GuidedRegions:
+    """Region guides (R, H, W) at the image's size and their weights (R,); targets' Grams are then (R, N, N)."""
+
+    guides: torch.Tensor
+    weights: torch.Tensor
 
 
 def gatys_loss(
@@ -89,17 +147,27 @@ def gatys_loss(
     loss_weights: tuple[float, float, float],
     content_layer_weights: tuple[float, ...],
     style_layer_weights: tuple[float, ...],
+    regions: GuidedRegions | None = None,
+    circular: bool = False,
 ) -> LossTerms:
     """The total loss and its terms at ``image``, with the gradient from PyTorch autograd."""
     x = image.detach().clone().requires_grad_(True)
     content_layers, style_layers = tuple(target.content), tuple(target.gram)
-    features = model(preprocess(x, flavour), content_layers + style_layers)
+    with _Circular(model, circular):
+        features = model(preprocess(x, flavour), content_layers + style_layers)
     zero = torch.zeros((), dtype=x.dtype)
     content_terms = zip(content_layers, content_layer_weights, strict=True)
     content = sum((w * (features[n] - target.content[n]).square().mean() for n, w in content_terms), start=zero)
     style_terms = zip(style_layers, style_layer_weights, strict=True)
-    style = sum((w * (gram(features[n]) - target.gram[n]).square().mean() for n, w in style_terms), start=zero)
-    tv = total_variation(x)
+    if regions is None:
+        style = sum((w * (gram(features[n]) - target.gram[n]).square().mean() for n, w in style_terms), start=zero)
+    else:
+        guides = layer_guides(model, regions.guides, style_layers)
+        style = zero
+        for n, w in style_terms:
+            per_region = (guided_gram(features[n], guides[n]) - target.gram[n]).square().mean(dim=(1, 2))
+            style = style + w * (regions.weights * per_region).sum()
+    tv = total_variation(x, circular)
     alpha, beta, gamma = loss_weights
     total = alpha * content + beta * style + gamma * tv
     total.backward()

@@ -91,6 +91,22 @@ def _session_options(threads: int) -> ort.SessionOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class Regions:
+    """Spatial control: one guide per region at the image's size, (R, H, W) in [0, 1], and a weight per region.
+
+    Each region's Gram targets come in the loss inputs' first axis, in the same order.
+    """
+
+    guides: FloatArray
+    weights: FloatArray
+
+    @classmethod
+    def everywhere(cls, shape: tuple[int, int]) -> Regions:
+        """One region covering the whole image with weight 1: the plain Gatys loss."""
+        return cls(np.ones((1, *shape), np.float32), np.ones(1, np.float32))
+
+
+@dataclass(frozen=True, slots=True)
 class Evaluation:
     """One loss and gradient evaluation. ``grad`` is the evaluator's buffer: consume it before the next call."""
 
@@ -136,6 +152,10 @@ class Evaluator:
         self.seconds = 0.0  # spent in calls so far: what the host adds around them is the rest of a job's time
 
     @property
+    def session(self) -> ort.InferenceSession:
+        return self._session
+
+    @property
     def shape(self) -> tuple[int, int, int, int]:
         return self._image.shape  # type: ignore[return-value]
 
@@ -170,10 +190,13 @@ class LossGraphs:
             # way) before the provider needs them; libraries already on the loader's path are used otherwise.
             ort.preload_dlls()
         self.name = model_dir.name
+        self._dir, self._threads, self._providers = model_dir, threads, providers
         self._targets = ort.InferenceSession(
             str(model_dir / mf.TARGETS_FILE), _session_options(threads), providers=providers
         )
         self._loss = ort.InferenceSession(str(model_dir / mf.LOSS_FILE), loss_options, providers=providers)
+        self._circular: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
+        self._circular_lock = threading.Lock()
         self.device = device_of(self._loss.get_providers(), device)
         metadata = self._loss.get_modelmeta().custom_metadata_map
         if mf.METADATA_KEY not in metadata:
@@ -190,9 +213,10 @@ class LossGraphs:
 
     def warm_up(self, evaluator: Evaluator, image: FloatArray) -> None:
         """Evaluate once if this size is new to the process: onnxruntime plans memory per shape on first run."""
-        if evaluator.shape not in self._warm_shapes:
+        key = (id(evaluator.session), *evaluator.shape)
+        if key not in self._warm_shapes:
             evaluator(image)
-            self._warm_shapes.add(evaluator.shape)
+            self._warm_shapes.add(key)
 
     def end_profiling(self) -> Path:
         """Stop profiling the loss graph (``profile_dir`` given) and return the JSON trace onnxruntime wrote."""
@@ -207,12 +231,38 @@ class LossGraphs:
         options = ort.RunOptions()
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         tiny = np.zeros((1, 3, _TINY_SIDE, _TINY_SIDE), np.float32)
-        self._targets.run(None, {mf.IMAGE_INPUT: tiny}, options)
+        guide = np.ones((1, _TINY_SIDE, _TINY_SIDE), np.float32)
+        self._targets.run(None, {mf.IMAGE_INPUT: tiny, mf.GUIDE_INPUT: guide}, options)
 
-    def targets(self, image: FloatArray) -> dict[str, FloatArray]:
-        """Content features and Gram matrices of ``image``, keyed by the loss graph's input names."""
-        names = [output.name for output in self._targets.get_outputs()]
-        return dict(zip(names, self._targets.run(names, {mf.IMAGE_INPUT: image}), strict=True))
+    def _sessions(self, circular: bool) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        """(targets, loss) sessions; the circular pair is loaded on the first tileable job, not before."""
+        if not circular:
+            return self._targets, self._loss
+        with self._circular_lock:
+            if self._circular is None:
+                self._circular = tuple(  # type: ignore[assignment]
+                    ort.InferenceSession(
+                        str(self._dir / name), _session_options(self._threads), providers=self._providers
+                    )
+                    for name in (mf.CIRCULAR_TARGETS_FILE, mf.CIRCULAR_LOSS_FILE)
+                )
+                log.info("loaded the circular-padding graphs of %s", self.name)
+            assert self._circular is not None
+            return self._circular
+
+    def targets(
+        self, image: FloatArray, guide: FloatArray | None = None, circular: bool = False
+    ) -> dict[str, FloatArray]:
+        """Content features and (guided) Gram matrices of ``image``, keyed by the loss graph's input names.
+
+        ``guide`` (H, W) in [0, 1] selects the part of the image whose Gram matrices count; default all of it.
+        """
+        session = self._sessions(circular)[0]
+        height, width = image.shape[2:]
+        mask = np.ones((1, height, width), np.float32) if guide is None else guide.reshape(1, height, width)
+        names = [output.name for output in session.get_outputs()]
+        feeds = {mf.IMAGE_INPUT: image, mf.GUIDE_INPUT: np.ascontiguousarray(mask, np.float32)}
+        return dict(zip(names, session.run(names, feeds), strict=True))
 
     def evaluator(
         self,
@@ -221,14 +271,21 @@ class LossGraphs:
         loss_weights: mf.LossWeights,
         content_layer_weights: tuple[float, ...] | None = None,
         style_layer_weights: tuple[float, ...] | None = None,
+        regions: Regions | None = None,
+        circular: bool = False,
     ) -> Evaluator:
         """An evaluator at ``shape`` (height, width) with everything but the image bound once.
 
         Per-layer weights default to the export issue's: 1 per content layer, style layers equal summing to 1.
+        Without ``regions`` the style applies everywhere (one region); a Gram target given as (N, N) is that one
+        region's. ``circular`` evaluates the circular-padding graph: a tileable image.
         """
         manifest = self.manifest
         n_style = len(manifest.style_layers)
-        feeds = dict(targets)
+        regions = regions or Regions.everywhere(shape)
+        feeds = {name: array[np.newaxis] if array.ndim == 2 else array for name, array in targets.items()}
+        feeds[mf.REGION_GUIDES_INPUT] = regions.guides
+        feeds[mf.REGION_WEIGHTS_INPUT] = regions.weights
         feeds[mf.CONTENT_WEIGHT_INPUT] = np.array(loss_weights.content, np.float32)
         feeds[mf.STYLE_WEIGHT_INPUT] = np.array(loss_weights.style, np.float32)
         feeds[mf.TV_WEIGHT_INPUT] = np.array(loss_weights.tv, np.float32)
@@ -236,4 +293,4 @@ class LossGraphs:
             content_layer_weights or (1.0,) * len(manifest.content_layers), np.float32
         )
         feeds[mf.STYLE_LAYER_WEIGHTS_INPUT] = np.array(style_layer_weights or (1.0 / n_style,) * n_style, np.float32)
-        return Evaluator(self._loss, self.device, shape, feeds)
+        return Evaluator(self._sessions(circular)[1], self.device, shape, feeds)

@@ -11,10 +11,13 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: guide masks as inputs of both graphs, and the circular-padding variant
 METADATA_KEY = "nst.manifest"
 TARGETS_FILE = "targets.onnx"
 LOSS_FILE = "loss_and_grad.onnx"
+# The same graphs with circular instead of zero padding in every convolution (and a wrapping L_tv): tileable output.
+CIRCULAR_TARGETS_FILE = "targets_circular.onnx"
+CIRCULAR_LOSS_FILE = "loss_and_grad_circular.onnx"
 
 Pooling = Literal["max", "avg"]
 Preprocessing = Literal["imagenet", "caffe"]
@@ -25,6 +28,12 @@ STYLE_WEIGHT_INPUT = "style_weight"
 TV_WEIGHT_INPUT = "tv_weight"
 CONTENT_LAYER_WEIGHTS_INPUT = "content_layer_weights"
 STYLE_LAYER_WEIGHTS_INPUT = "style_layer_weights"
+# Guided Gram matrices (Gatys et al. 2017, spatial control). The targets graph takes the guide of the image it
+# describes, (1, H, W); the loss graph takes one guide per region, (R, H, W), with a weight per region, (R,), and
+# then a Gram target per region and style layer, (R, N, N). All-ones guides with R = 1 are the plain Gatys loss.
+GUIDE_INPUT = "guide"
+REGION_GUIDES_INPUT = "region_guides"
+REGION_WEIGHTS_INPUT = "region_weights"
 LOSS_OUTPUTS = ("loss", "content_loss", "style_loss", "tv_loss", "grad")
 
 
