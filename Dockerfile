@@ -62,7 +62,9 @@ USER 10001
 
 # ---- GPU image (default) ----
 FROM runtime AS gpu
-RUN pip install "$(ls /dist/*.whl)[gpu]" "onnxruntime-gpu[cuda,cudnn]==1.31.1" && rm -rf /dist
+# tests/export/test_onnxruntime_floor.py loads the exported graphs with this version.
+ARG ONNXRUNTIME_GPU_VERSION=1.31.1
+RUN pip install "$(ls /dist/*.whl)[gpu]" "onnxruntime-gpu[cuda,cudnn]==${ONNXRUNTIME_GPU_VERSION}" && rm -rf /dist
 USER 10001
 # Fail at start-up rather than run slowly on the CPU when the container was started without a GPU.
 CMD ["--device", "cuda", "--drain", "2", "--grace", "25"]

@@ -32,6 +32,14 @@ from .reference import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
 from .vgg import Layer, VGG19Features, deepest_layer
 
 OPSET = 17
+# Written explicitly, never the installed onnx's newest: IR 8 is the IR of ONNX 1.12, the first release with
+# opset 17, so every onnxruntime that knows the opset reads the file. Left to `make_model`, onnx 1.21 wrote
+# IR 14, which onnxruntime-gpu 1.31 refuses ("max supported IR version: 13").
+IR_VERSION = 8
+# The oldest onnxruntime the project supports (pyproject's `onnxruntime>=` and `onnxruntime-gpu>=` floors, which
+# tests/export/test_onnxruntime_floor.py loads these graphs with), stored in both files' metadata
+# (manifest.MIN_ONNXRUNTIME_KEY) so that a server with an older one refuses the model with the reason.
+MIN_ONNXRUNTIME = "1.22"
 _INT64_MAX = np.iinfo(np.int64).max
 _INT64_MIN = np.iinfo(np.int64).min
 
@@ -326,8 +334,10 @@ def _scalar_info(name: str) -> onnx.ValueInfoProto:
 
 def _model(b: _Builder, name: str, inputs: list, outputs: list, manifest: mf.Manifest) -> onnx.ModelProto:
     graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nst_export")
-    helper.set_model_props(model, {mf.METADATA_KEY: manifest.to_json()})
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nst_export", ir_version=IR_VERSION
+    )
+    helper.set_model_props(model, {mf.METADATA_KEY: manifest.to_json(), mf.MIN_ONNXRUNTIME_KEY: MIN_ONNXRUNTIME})
     onnx.checker.check_model(model, full_check=True)
     return model
 

@@ -173,6 +173,37 @@ class Evaluator:
         )
 
 
+def check_readable(path: Path, runtime_version: str = ort.__version__) -> mf.ModelHeader:
+    """Refuse, with the reason, a model file this onnxruntime is too old for, before onnxruntime parses it.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: not an ONNX file, or its metadata asks for a newer onnxruntime than ``runtime_version``.
+    """
+    header = mf.read_model_header(path)
+    needed = header.metadata.get(mf.MIN_ONNXRUNTIME_KEY)
+    if needed is not None and mf.release(runtime_version) < mf.release(needed):
+        raise ValueError(
+            f"{path} needs onnxruntime >= {needed} ({header.describe()}) and this server has onnxruntime "
+            f"{runtime_version}: install a newer onnxruntime, or export the model again with this nst-export"
+        )
+    return header
+
+
+def _session(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """An InferenceSession of ``path``, after ``check_readable``; onnxruntime's own refusal says what the file is."""
+    header = check_readable(path)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # onnxruntime's load errors have their own types (Fail, InvalidGraph, ...)
+        if "IR version" not in str(error) and "opset" not in str(error).lower():
+            raise
+        raise ValueError(
+            f"{path} ({header.describe()}) cannot be loaded by onnxruntime {ort.__version__}: {error}; "
+            "export the model again with this nst-export"
+        ) from error
+
+
 class LossGraphs:
     """Both graphs of one exported model directory, loaded once and shared by every job."""
 
@@ -191,10 +222,8 @@ class LossGraphs:
             ort.preload_dlls()
         self.name = model_dir.name
         self._dir, self._threads, self._providers = model_dir, threads, providers
-        self._targets = ort.InferenceSession(
-            str(model_dir / mf.TARGETS_FILE), _session_options(threads), providers=providers
-        )
-        self._loss = ort.InferenceSession(str(model_dir / mf.LOSS_FILE), loss_options, providers=providers)
+        self._targets = _session(model_dir / mf.TARGETS_FILE, _session_options(threads), providers)
+        self._loss = _session(model_dir / mf.LOSS_FILE, loss_options, providers)
         self._circular: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
         self._circular_lock = threading.Lock()
         self.device = device_of(self._loss.get_providers(), device)
@@ -241,9 +270,7 @@ class LossGraphs:
         with self._circular_lock:
             if self._circular is None:
                 self._circular = tuple(  # type: ignore[assignment]
-                    ort.InferenceSession(
-                        str(self._dir / name), _session_options(self._threads), providers=self._providers
-                    )
+                    _session(self._dir / name, _session_options(self._threads), self._providers)
                     for name in (mf.CIRCULAR_TARGETS_FILE, mf.CIRCULAR_LOSS_FILE)
                 )
                 log.info("loaded the circular-padding graphs of %s", self.name)

@@ -7,12 +7,18 @@ nor onnxruntime: the exporter writes it and the server reads it.
 
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import asdict, dataclass
-from typing import Literal
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal
 
 FORMAT_VERSION = 2  # 2: guide masks as inputs of both graphs, and the circular-padding variant
 METADATA_KEY = "nst.manifest"
+# The oldest onnxruntime that can run the graphs, as a release ("1.22"): written by the exporter, checked by
+# the server before onnxruntime parses the file, so a model it cannot read is refused with the reason.
+MIN_ONNXRUNTIME_KEY = "nst.min_onnxruntime"
 TARGETS_FILE = "targets.onnx"
 LOSS_FILE = "loss_and_grad.onnx"
 # The same graphs with circular instead of zero padding in every convolution (and a wrapping L_tv): tileable output.
@@ -100,3 +106,121 @@ class Manifest:
         data["content_layers"] = tuple(data["content_layers"])
         data["style_layers"] = tuple(data["style_layers"])
         return cls(**data)
+
+
+def release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version, trailing zeros dropped: "1.31.1" -> (1, 31, 1), "1.22.0.dev1+cu12" -> (1, 22).
+
+    Raises:
+        ValueError: it does not start with a number.
+    """
+    match = re.match(r"\d+(?:\.\d+)*", version.strip())
+    if match is None:
+        raise ValueError(f"not a version: {version!r}")
+    numbers = [int(part) for part in match.group().split(".")]
+    while len(numbers) > 1 and numbers[-1] == 0:  # 1.22 == 1.22.0
+        numbers.pop()
+    return tuple(numbers)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelHeader:
+    """The top-level fields of an ONNX file that say which runtime can read it."""
+
+    ir_version: int
+    opsets: dict[str, int] = field(default_factory=dict)  # domain ("" is the default ONNX domain) -> version
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """E.g. "ONNX IR version 8, opset 17"."""
+        opsets = ", ".join(f"opset {v}" if not d else f"{d} opset {v}" for d, v in sorted(self.opsets.items()))
+        return f"ONNX IR version {self.ir_version}, {opsets or 'no opset'}"
+
+
+# Field numbers of onnx.proto: ModelProto.ir_version = 1, .opset_import = 8, .metadata_props = 14;
+# OperatorSetIdProto.domain = 1, .version = 2; StringStringEntryProto.key = 1, .value = 2.
+_IR_VERSION, _OPSET_IMPORT, _METADATA_PROPS = 1, 8, 14
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+
+
+def _varint(stream: BinaryIO) -> int | None:
+    value = shift = 0
+    while byte := stream.read(1):
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            break
+    if shift:
+        raise ValueError("truncated or malformed protobuf")
+    return None
+
+
+def _fields(stream: BinaryIO, keep: frozenset[int]) -> list[tuple[int, int | bytes]]:
+    """(field, value) of a protobuf message's varint and length-delimited fields in ``keep``; the rest skipped."""
+    found: list[tuple[int, int | bytes]] = []
+    while (tag := _varint(stream)) is not None:
+        number, wire = tag >> 3, tag & 7
+        if wire == _VARINT:
+            value = _varint(stream)
+            if value is None:
+                raise ValueError("truncated protobuf")
+            if number in keep:
+                found.append((number, value))
+        elif wire == _LENGTH:
+            length = _varint(stream)
+            if length is None:
+                raise ValueError("truncated protobuf")
+            if number in keep:
+                data = stream.read(length)
+                if len(data) != length:
+                    raise ValueError("truncated protobuf")
+                found.append((number, data))
+            else:
+                stream.seek(length, 1)  # the graph and its weights: never read
+        elif wire in (_FIXED64, _FIXED32):
+            stream.seek(8 if wire == _FIXED64 else 4, 1)
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+    return found
+
+
+def _submessage(data: bytes) -> dict[int, int | bytes]:
+    return dict(_fields(io.BytesIO(data), frozenset({1, 2})))
+
+
+def read_model_header(path: Path) -> ModelHeader:
+    """IR version, opsets and metadata of an ONNX file, read without onnx or onnxruntime (the graph is skipped).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not a protobuf message with an IR version (so not an ONNX model).
+    """
+    with open(path, "rb") as stream:
+        try:
+            fields = _fields(stream, frozenset({_IR_VERSION, _OPSET_IMPORT, _METADATA_PROPS}))
+        except ValueError as error:
+            raise ValueError(f"{path}: not an ONNX model ({error})") from None
+    ir_version: int | None = None
+    opsets: dict[str, int] = {}
+    metadata: dict[str, str] = {}
+    try:
+        for number, value in fields:
+            if number == _IR_VERSION and isinstance(value, int):
+                ir_version = value
+            elif number == _OPSET_IMPORT and isinstance(value, bytes):
+                entry = _submessage(value)
+                domain, version = entry.get(1, b""), entry.get(2, 0)
+                if isinstance(domain, bytes) and isinstance(version, int):
+                    opsets[domain.decode()] = version
+            elif number == _METADATA_PROPS and isinstance(value, bytes):
+                entry = _submessage(value)
+                key, text = entry.get(1, b""), entry.get(2, b"")
+                if isinstance(key, bytes) and isinstance(text, bytes):
+                    metadata[key.decode()] = text.decode()
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not an ONNX model ({error})") from None
+    if ir_version is None:
+        raise ValueError(f"{path}: not an ONNX model (no IR version)")
+    return ModelHeader(ir_version, opsets, metadata)

@@ -11,7 +11,8 @@ import onnx
 import pytest
 from nst_export import parity
 from nst_export.cli import main
-from nst_server.manifest import LOSS_FILE, METADATA_KEY, TARGETS_FILE, Manifest
+from nst_export.onnx_graphs import IR_VERSION, MIN_ONNXRUNTIME
+from nst_server.manifest import LOSS_FILE, METADATA_KEY, MIN_ONNXRUNTIME_KEY, TARGETS_FILE, Manifest
 
 
 def _manifest(path: Path) -> Manifest:
@@ -29,6 +30,16 @@ def test_metadata_records_the_export(caffe_avg_model_dir: Path, weights_file: Pa
     assert manifest.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     assert len(manifest.weights_sha256) == 64
     assert "torch 2.13.0" in manifest.exporter
+
+
+def test_ir_version_and_minimum_onnxruntime_are_explicit(model_dir: Path) -> None:
+    """IR 8 (not the installed onnx's newest) and the oldest onnxruntime the project supports, in both files."""
+    for name in (TARGETS_FILE, LOSS_FILE):
+        model = onnx.load(str(model_dir / name), load_external_data=False)
+        assert model.ir_version == IR_VERSION == 8
+        assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+        props = {p.key: p.value for p in model.metadata_props}
+        assert props[MIN_ONNXRUNTIME_KEY] == MIN_ONNXRUNTIME == "1.22"
 
 
 def test_only_layers_up_to_the_deepest_loss_layer_are_exported(tmp_path: Path) -> None:
