@@ -1,5 +1,6 @@
 """The exported graphs load and compute in the oldest onnxruntime builds the project allows.
 
+All four files of a model directory (the plain and the circular-padding pair) are loaded and run.
 `pyproject.toml` allows `onnxruntime>=X` (the `server` and `export` extras) and `onnxruntime-gpu>=Y` (the `gpu`
 extra); the Dockerfile's `gpu` image pins `ONNXRUNTIME_GPU_VERSION`. Each of those oldest versions is installed
 into a throwaway virtualenv of its own (cached under `.cache/onnxruntime-floor/` in the repository), which loads
@@ -35,20 +36,26 @@ model_dir, out = sys.argv[1], sys.argv[2]
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 cpu = ["CPUExecutionProvider"]
-targets = ort.InferenceSession(f"{model_dir}/targets.onnx", options, providers=cpu)
-loss = ort.InferenceSession(f"{model_dir}/loss_and_grad.onnx", options, providers=cpu)
 rng = np.random.default_rng(0)
 image = rng.random((1, 3, 40, 52), dtype=np.float32)
-names = [o.name for o in targets.get_outputs()]
-feeds = dict(zip(names, targets.run(names, {"image": image})))
-results = {f"targets/{k}": v for k, v in feeds.items()}
-feeds["image"] = (0.8 * image + 0.1 * rng.random(image.shape, dtype=np.float32)).astype(np.float32)
-for arg in loss.get_inputs():
-    if arg.name not in feeds:  # loss weights (scalars) and per-layer weights (vectors): fixed, non-trivial
-        shape = [int(d) for d in arg.shape]
-        feeds[arg.name] = np.full(shape, 1.0 / shape[0] if shape else 0.5, np.float32)
-names = [o.name for o in loss.get_outputs()]
-results.update({f"loss/{k}": v for k, v in zip(names, loss.run(names, feeds))})
+guide = rng.random((1, 40, 52), dtype=np.float32)  # one soft region: the guided path, not just all-ones
+results = {}
+for suffix in ("", "_circular"):  # the plain graphs and the circular-padding pair
+    targets = ort.InferenceSession(f"{model_dir}/targets{suffix}.onnx", options, providers=cpu)
+    loss = ort.InferenceSession(f"{model_dir}/loss_and_grad{suffix}.onnx", options, providers=cpu)
+    names = [o.name for o in targets.get_outputs()]
+    feeds = dict(zip(names, targets.run(names, {"image": image, "guide": guide})))
+    results.update({f"targets{suffix}/{k}": v for k, v in feeds.items()})
+    feeds["image"] = (0.8 * image + 0.1 * rng.random(image.shape, dtype=np.float32)).astype(np.float32)
+    feeds["region_guides"], feeds["region_weights"] = guide, np.ones(1, np.float32)
+    for arg in loss.get_inputs():
+        if arg.name in feeds and feeds[arg.name].ndim + 1 == len(arg.shape):  # a Gram target per region: (1, N, N)
+            feeds[arg.name] = feeds[arg.name][None]
+        elif arg.name not in feeds:  # loss weights (scalars) and per-layer weights (vectors): fixed, non-trivial
+            shape = [int(d) for d in arg.shape]
+            feeds[arg.name] = np.full(shape, 1.0 / shape[0] if shape else 0.5, np.float32)
+    names = [o.name for o in loss.get_outputs()]
+    results.update({f"loss{suffix}/{k}": v for k, v in zip(names, loss.run(names, feeds))})
 np.savez(out, **results)
 print(ort.__version__, ort.get_device(), loss.get_providers())
 """
@@ -120,6 +127,6 @@ def test_the_oldest_onnxruntime_allowed_loads_and_runs_the_graphs(
     assert stdout.startswith(f"{version}") or mf.release(stdout.split()[0]) == mf.release(version), stdout
     _, here = _run(Path(sys.executable), model_dir, tmp_path / "here.npz")
     assert old.keys() == here.keys()
-    assert {"loss/loss", "loss/grad"} <= old.keys()
+    assert {"loss/loss", "loss/grad", "loss_circular/loss", "loss_circular/grad"} <= old.keys()
     for name, value in here.items():
         np.testing.assert_allclose(old[name], value, rtol=2e-4, atol=1e-6 * float(np.abs(value).max()), err_msg=name)

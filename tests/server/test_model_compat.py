@@ -14,9 +14,9 @@ from nst_server.graphs import LossGraphs, check_readable
 
 
 def _rewrite(model_dir: Path, out: Path, *, min_onnxruntime: str | None = None, ir_version: int | None = None) -> Path:
-    """A copy of ``model_dir`` whose two files carry another minimum onnxruntime and/or IR version."""
+    """A copy of ``model_dir`` whose files carry another minimum onnxruntime and/or IR version."""
     shutil.copytree(model_dir, out)
-    for name in (mf.TARGETS_FILE, mf.LOSS_FILE):
+    for name in (mf.TARGETS_FILE, mf.LOSS_FILE, mf.CIRCULAR_TARGETS_FILE, mf.CIRCULAR_LOSS_FILE):
         model = onnx.load(str(out / name))
         if min_onnxruntime is not None:
             props = {p.key: p.value for p in model.metadata_props}
@@ -31,7 +31,7 @@ def _rewrite(model_dir: Path, out: Path, *, min_onnxruntime: str | None = None, 
 
 def test_the_header_reader_agrees_with_onnx(model_dir: Path) -> None:
     """IR version, opsets and metadata read by the server's own reader, as onnx reads them."""
-    for name in (mf.TARGETS_FILE, mf.LOSS_FILE):
+    for name in (mf.TARGETS_FILE, mf.LOSS_FILE, mf.CIRCULAR_TARGETS_FILE, mf.CIRCULAR_LOSS_FILE):
         model = onnx.load(str(model_dir / name), load_external_data=False)
         header = mf.read_model_header(model_dir / name)
         assert header.ir_version == model.ir_version
