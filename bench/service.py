@@ -17,10 +17,9 @@ from nst_client import Progress, Result, StyleClient
 from nst_server import optimise
 from nst_server.graphs import Evaluation, LossGraphs
 from nst_server.targets import job_targets
+from nst_server.testing import ServerProcess, start_server
 from PIL import Image
 from scipy.optimize import Bounds, minimize
-
-from tests.servers import ServerProcess, start_server
 
 SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 CONTENT, STYLE = "tubingen.jpg", "starry_night_google.jpg"
@@ -147,7 +146,7 @@ def through_service(
     model_dir: Path, content: Path, style: Path, longest_side: int, budget: int, threads: int
 ) -> dict[str, Any]:
     """The same jobs through a real nst-server process and the client, previews every 10 iterations."""
-    server: ServerProcess = start_server([model_dir], "--threads", str(threads))
+    server: ServerProcess = start_server([model_dir], "--threads", str(threads), metrics=False)
     try:
         with StyleClient(server.address) as client:
             _job(client, content, style, max_side_px=64, max_evaluations=2)  # connection and first-call costs

@@ -3,7 +3,7 @@
 # the nst client, leave the image on disk, stop the server.
 #
 #   bash deploy/local.sh [--weights imagenet|caffe|random|PATH] [--out FILE] [CONTENT STYLE [STYLE ...]]
-#                        [-- extra `nst stylize` flags, e.g. --size 384 --iterations 150]
+#                        [-- extra `nst stylize` flags, e.g. --size 384 --max-evaluations 150]
 #
 # Defaults: ImageNet weights (downloaded once, hash-checked), out/styled.png, and the sample photo and painting
 # in ../shared/images when that folder exists. NST_VENV picks the virtualenv (default .venv).

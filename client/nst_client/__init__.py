@@ -26,6 +26,7 @@ from ._types import (
     Started,
     Style,
     StyleTransferError,
+    StylizeOptions,
 )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "StyleCall",
     "StyleClient",
     "StyleTransferError",
+    "StylizeOptions",
 ]
 
 # A library logs, the application decides where to: without this, Python's last-resort handler would print our

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import Any, Unpack
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -17,13 +18,9 @@ from PIL import Image
 from . import _convert
 from ._convert import StyleInput
 from ._types import (
-    ColourPreservationName,
     Event,
     HealthStatus,
-    ImageFormatName,
     ImageInput,
-    InitName,
-    OptimizerName,
     Result,
     ServerInfo,
     StyleTransferError,
@@ -186,30 +183,11 @@ class StyleClient:
         self,
         content: ImageInput | None,
         styles: StyleInput | Sequence[StyleInput] | None,
+        options: StylizeOptions | None = None,
         *,
         timeout_s: float | None = None,
-        max_side_px: int | None = None,
-        max_evaluations: int | None = None,
-        optimizer: OptimizerName | None = None,
-        learning_rate: float | None = None,
-        content_weight: float | None = None,
-        style_weight: float | None = None,
-        tv_weight: float | None = None,
-        init: InitName | None = None,
-        seed: int | None = None,
-        preview_every: int | None = None,
-        output_format: ImageFormatName | None = None,
-        lbfgs_history: int | None = None,
-        colour_preservation: ColourPreservationName | None = None,
-        scales: int | None = None,
-        coarse_evaluations: int | None = None,
-        init_image: ImageInput | None = None,
-        content_layers: Sequence[str] | None = None,
-        style_layers: Sequence[str] | None = None,
-        style_layer_weights: Sequence[float] | None = None,
-        width_px: int | None = None,
-        height_px: int | None = None,
         model: str | None = None,
+        **fields: Any,
     ) -> StyleCall:
         """Start a job and return its call; iterate the call for the events.
 
@@ -217,27 +195,21 @@ class StyleClient:
         an HxWx3 array (uint8, or float in [0, 1]); a style may also be a ``Style`` with its own blend weight
         and scale. ``content=None`` synthesises a texture (``width_px`` x ``height_px``, default
         ``max_side_px`` square); no styles (None or empty) reconstructs the content; one of them is required.
-        Every option left None (or an empty sequence) is not sent: the server's default applies (see the API's
-        StylizeOptions): ``colour_preservation`` "none"; ``scales`` 1 (a single scale); ``coarse_evaluations``
-        as ``max_evaluations``; ``init_image`` (only with ``init="image"``); ``content_layers``/``style_layers``
-        all of the model's; ``style_layer_weights`` equal. ``timeout_s`` is the deadline of the whole job.
+        The options are ``StylizeOptions``' fields, given as ``options`` or as keyword arguments (which replace
+        its fields): e.g. ``max_side_px=512, max_evaluations=300``. Every option left None (or an empty
+        sequence) is not sent: the server's default applies (see ``StylizeOptions`` and the API's
+        StylizeOptions). ``model`` picks a loaded model (the server's first by default). ``timeout_s`` is the
+        deadline of the whole job.
 
         Raises:
+            TypeError: a keyword that is not an option.
             ValueError: a bad option value (the message names the allowed ones) or image array, or neither a
                 content nor a style image.
             OSError: a path cannot be read.
             StyleTransferError: while iterating, when the call fails (INVALID_ARGUMENT names the bad field).
         """
-        options = {
-            "max_side_px": max_side_px, "max_evaluations": max_evaluations, "optimizer": optimizer,
-            "learning_rate": learning_rate, "content_weight": content_weight, "style_weight": style_weight,
-            "tv_weight": tv_weight, "init": init, "seed": seed, "preview_every": preview_every,
-            "output_format": output_format, "lbfgs_history": lbfgs_history,
-            "colour_preservation": colour_preservation, "scales": scales, "coarse_evaluations": coarse_evaluations,
-            "init_image": init_image, "content_layers": content_layers, "style_layers": style_layers,
-            "style_layer_weights": style_layer_weights, "width_px": width_px, "height_px": height_px,
-        }  # fmt: skip
-        request = _convert.stylize_request(content, styles, model, options)
+        chosen = dataclasses.replace(options or StylizeOptions(), **fields)
+        request = _convert.stylize_request(content, styles, model, chosen)
         with _convert.rpc_errors():
             call = self._stub.Stylize(request, timeout=timeout_s, metadata=self._metadata)
         return StyleCall(call)
@@ -246,17 +218,19 @@ class StyleClient:
         self,
         content: ImageInput | None,
         styles: StyleInput | Sequence[StyleInput] | None,
+        options: StylizeOptions | None = None,
         *,
         timeout_s: float | None = None,
-        **options: Unpack[StylizeOptions],
+        model: str | None = None,
+        **fields: Any,
     ) -> Image.Image:
-        """Run a job to the end and return the styled image; the options are ``stylize``'s.
+        """Run a job to the end and return the styled image; the arguments are ``stylize``'s.
 
         Raises:
             ValueError, OSError: as ``stylize``.
             StyleTransferError: the call failed.
         """
-        with self.stylize(content, styles, timeout_s=timeout_s, **options) as call:
+        with self.stylize(content, styles, options, timeout_s=timeout_s, model=model, **fields) as call:
             return call.result().to_image()
 
     def close(self) -> None:

@@ -5,16 +5,18 @@ This is the only module that handles ``grpc.RpcError``: ``rpc_errors()`` turns i
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
 from nst.v1 import style_transfer_pb2 as pb
 from PIL import Image
 
@@ -33,26 +35,11 @@ from ._types import (
     Started,
     Style,
     StyleTransferError,
+    StylizeOptions,
     Timings,
 )
 
-_OPTIMIZERS = {"lbfgs": pb.OPTIMIZER_LBFGS, "adam": pb.OPTIMIZER_ADAM}
-_INITS = {"content": pb.INIT_CONTENT, "gray": pb.INIT_GRAY, "noise": pb.INIT_NOISE, "image": pb.INIT_IMAGE}
-_FORMATS = {"png": pb.IMAGE_FORMAT_PNG, "jpeg": pb.IMAGE_FORMAT_JPEG, "webp": pb.IMAGE_FORMAT_WEBP}
-_COLOUR_MODES = {
-    "none": pb.COLOUR_PRESERVATION_NONE,
-    "luminance": pb.COLOUR_PRESERVATION_LUMINANCE,
-    "histogram": pb.COLOUR_PRESERVATION_HISTOGRAM,
-}
-_CHOICES = {"optimizer": _OPTIMIZERS, "init": _INITS, "output_format": _FORMATS, "colour_preservation": _COLOUR_MODES}
-_INTS = ("max_side_px", "max_evaluations", "seed", "preview_every", "lbfgs_history", "scales", "coarse_evaluations",
-         "width_px", "height_px")  # fmt: skip
-_FLOATS = ("learning_rate", "content_weight", "style_weight", "tv_weight")
-_STRING_LISTS = ("content_layers", "style_layers")
-_NUMBER_LISTS = ("style_layer_weights",)
-_IMAGES = ("init_image",)
-_OPTIMIZER_NAMES = {value: name for name, value in _OPTIMIZERS.items()}
-_FORMAT_NAMES = {value: name for name, value in _FORMATS.items()}
+_FIELDS = pb.StylizeOptions.DESCRIPTOR.fields_by_name
 # Modes PNG stores as they are; anything else (CMYK, YCbCr, LAB, HSV, F, I;16...) goes through RGB.
 _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I"}
 
@@ -118,44 +105,58 @@ def _sequence(name: str, value: object) -> list[Any]:
     return list(value)
 
 
-def options_to_pb(options: Mapping[str, object]) -> pb.StylizeOptions:
-    """StylizeOptions with the given options set; None (or absent) leaves a field unset: the server default.
+def _enum_values(field: FieldDescriptor) -> dict[str, int]:
+    """A protobuf enum's values by the client's name for them: OPTIMIZER_LBFGS -> "lbfgs" (UNSPECIFIED left out)."""
+    prefix = f"{field.enum_type.values[0].name.removesuffix('UNSPECIFIED')}"
+    return {value.name.removeprefix(prefix).lower(): value.number for value in field.enum_type.values if value.number}
 
-    Raises ValueError for an unknown option, a choice outside its allowed values or a negative number;
-    ranges against the server's limits are the server's to check.
+
+_OPTIMIZER_NAMES = {number: name for name, number in _enum_values(_FIELDS["optimizer"]).items()}
+_FORMAT_NAMES = {number: name for name, number in _enum_values(_FIELDS["output_format"]).items()}
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _check_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    return float(value)
+
+
+def options_to_pb(options: StylizeOptions) -> pb.StylizeOptions:
+    """StylizeOptions with every field that is not None set (None: the server default), field by field.
+
+    Raises ValueError for a choice outside its allowed values, a negative count or a malformed list; ranges
+    against the server's limits are the server's to check.
     """
     message = pb.StylizeOptions()
-    for name, value in options.items():
+    for option in dataclasses.fields(options):
+        name, value = option.name, getattr(options, option.name)
         if value is None:
             continue
-        if name in _CHOICES:
-            table = _CHOICES[name]
+        field = _FIELDS[name]
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            table = _enum_values(field)
             if value not in table:
                 raise ValueError(f"{name}: {value!r} is not allowed; allowed: {', '.join(map(repr, table))}")
             setattr(message, name, table[value])
-        elif name in _INTS:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-            setattr(message, name, value)
-        elif name in _FLOATS:
-            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-                raise ValueError(f"{name}: expected a number, got {value!r}")
-            setattr(message, name, float(value))
-        elif name in _STRING_LISTS:
+        elif field.type == FieldDescriptor.TYPE_BYTES:
+            setattr(message, name, image_bytes(value, name))
+        elif field.is_repeated:
             items = _sequence(name, value)
-            if not all(isinstance(item, str) and item for item in items):
+            if field.type == FieldDescriptor.TYPE_STRING and not all(isinstance(item, str) and item for item in items):
                 raise ValueError(f"{name}: expected non-empty strings (layer names), got {value!r}")
-            getattr(message, name).extend(items)
-        elif name in _NUMBER_LISTS:
-            items = _sequence(name, value)
-            if not all(_is_number(item) for item in items):
+            if field.type == FieldDescriptor.TYPE_DOUBLE and not all(_is_number(item) for item in items):
                 raise ValueError(f"{name}: expected finite numbers, got {value!r}")
-            getattr(message, name).extend(float(item) for item in items)
-        elif name in _IMAGES:
-            setattr(message, name, image_bytes(value, name))  # type: ignore[arg-type]
-        else:
-            allowed = (*_CHOICES, *_INTS, *_FLOATS, *_STRING_LISTS, *_NUMBER_LISTS, *_IMAGES)
-            raise ValueError(f"unknown option {name!r}; allowed: {', '.join(allowed)}")
+            getattr(message, name).extend(items if field.type == FieldDescriptor.TYPE_STRING else map(float, items))
+        elif field.type == FieldDescriptor.TYPE_DOUBLE:
+            setattr(message, name, _check_float(name, value))
+        else:  # the unsigned integers
+            setattr(message, name, _check_int(name, value))
     return message
 
 
@@ -177,7 +178,7 @@ def stylize_request(
     content: ImageInput | None,
     styles: StyleInput | Sequence[StyleInput] | None,
     model: str | None,
-    options: Mapping[str, object],
+    options: StylizeOptions,
 ) -> pb.StylizeRequest:
     """The whole request; reads files and encodes images now, so that bad input fails before any call.
 

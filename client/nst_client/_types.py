@@ -9,7 +9,7 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias, TypedDict
+from typing import Any, Literal, TypeAlias
 
 import grpc
 import numpy as np
@@ -202,31 +202,36 @@ class ServerInfo:
     limits: Limits
 
 
-class StylizeOptions(TypedDict, total=False):
-    """The options of ``StyleClient.stylize`` as keyword arguments; a missing key means the server default."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StylizeOptions:
+    """Every option of a Stylize job, one field per ``nst.v1.StylizeOptions`` field; None means the server's default.
 
-    max_side_px: int | None
-    max_evaluations: int | None
-    optimizer: OptimizerName | None
-    learning_rate: float | None
-    content_weight: float | None
-    style_weight: float | None
-    tv_weight: float | None
-    init: InitName | None
-    seed: int | None
-    preview_every: int | None
-    output_format: ImageFormatName | None
-    lbfgs_history: int | None
-    colour_preservation: ColourPreservationName | None
-    scales: int | None
-    coarse_evaluations: int | None
-    init_image: ImageInput | None
-    content_layers: Sequence[str] | None
-    style_layers: Sequence[str] | None
-    style_layer_weights: Sequence[float] | None
-    width_px: int | None
-    height_px: int | None
-    model: str | None
+    The one definition of the client's options: ``StyleClient.stylize`` takes these fields as keyword arguments,
+    the ``nst`` CLI fills them from its flags, and the request is built from them field by field (a test holds
+    the names to the protobuf message's). Values are checked as the request is built; ranges are the server's.
+    """
+
+    max_side_px: int | None = None  # longest output side (server default 512)
+    max_evaluations: int | None = None  # budget of loss+gradient evaluations (300, or the server's limit if lower)
+    optimizer: OptimizerName | None = None  # "lbfgs" (default) or "adam"
+    learning_rate: float | None = None  # Adam's step (0.02)
+    content_weight: float | None = None  # alpha (the model's default)
+    style_weight: float | None = None  # beta (the model's default)
+    tv_weight: float | None = None  # gamma (the model's default)
+    init: InitName | None = None  # start image: the photo when there is one and a style, else noise
+    seed: int | None = None  # of the noise start (0)
+    preview_every: int | None = None  # a Preview every N iterations (never)
+    output_format: ImageFormatName | None = None  # "png" (default), "jpeg" or "webp"
+    lbfgs_history: int | None = None  # L-BFGS memory (10)
+    colour_preservation: ColourPreservationName | None = None  # "none" (default), "luminance" or "histogram"
+    scales: int | None = None  # coarse-to-fine steps, sqrt(2) apart (1)
+    coarse_evaluations: int | None = None  # budget of each scale but the last (max_evaluations)
+    init_image: ImageInput | None = None  # the start image, with init="image"
+    content_layers: Sequence[str] | None = None  # subset of the model's (all)
+    style_layers: Sequence[str] | None = None  # subset of the model's (all)
+    style_layer_weights: Sequence[float] | None = None  # one per style layer, normalised (equal)
+    width_px: int | None = None  # texture synthesis only: output width (max_side_px)
+    height_px: int | None = None  # texture synthesis only: output height (max_side_px)
 
 
 def _decode(data: bytes) -> Image.Image:

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import grpc
 
-from ._client import StyleClient
+from ._client import SERVICE_NAME, StyleClient
 from ._types import (
     Event,
     Preview,
@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output: .png, .jpg or .webp")
     run.add_argument("--size", dest="max_side_px", type=_number(int, 1), metavar="PX", help="longest output side in px")
     run.add_argument(
-        "--iterations", dest="max_evaluations", type=_number(int, 1), metavar="N", help="evaluation budget"
-    )
+        "--max-evaluations", "--iterations", dest="max_evaluations", type=_number(int, 1), metavar="N",
+        help="budget of loss+gradient evaluations (--iterations: the old name, still accepted)",
+    )  # fmt: skip
     run.add_argument("--optimizer", choices=("lbfgs", "adam"))
     run.add_argument("--learning-rate", type=_number(float, 0, strict=True), metavar="RATE", help="Adam's step size")
     run.add_argument("--content-weight", type=_number(float, 0), metavar="ALPHA", help="content loss weight")
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init", choices=("content", "gray", "noise", "image"), help="start image (default: content)")
     run.add_argument("--init-image", type=Path, metavar="PATH", help="start image file for --init image")
     run.add_argument("--seed", type=_number(int, 0), help="seed of --init noise")
+    run.add_argument("--lbfgs-history", type=_number(int, 1), metavar="M", help="L-BFGS memory (default: 10)")
     art = run.add_argument_group("art direction (unset: the server's default)")
     art.add_argument(
         "--texture", action="store_true", help="no content image: CONTENT is a style too (texture synthesis)"
@@ -126,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     art.add_argument("--scales", type=_number(int, 1), metavar="N", help="coarse-to-fine scales (default: 1)")
     art.add_argument(
-        "--coarse-iterations", dest="coarse_evaluations", type=_number(int, 1), metavar="N",
-        help="evaluation budget of each scale but the last (default: --iterations)",
+        "--coarse-evaluations", "--coarse-iterations", dest="coarse_evaluations", type=_number(int, 1), metavar="N",
+        help="evaluation budget of each scale but the last (default: --max-evaluations; --coarse-iterations: the "
+        "old name)",
     )  # fmt: skip
     art.add_argument(
         "--content-layers", type=_comma_list(str), metavar="L,...", help="e.g. relu4_2 (default: all of the model's)"
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one weight per style layer (default: equal)",
     )  # fmt: skip
     art.add_argument(
-        "--style-weights", dest="blend_weights", type=_comma_list(float), metavar="W,...",
+        "--blend-weights", dest="blend_weights", type=_comma_list(float), metavar="W,...",
         help="blend weight of each STYLE, in order (default: equal)",
     )  # fmt: skip
     art.add_argument(
@@ -149,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--model", metavar="NAME", help="model name (nst info lists them)")
     run.add_argument(
-        "--save-every", type=_number(int, 1), metavar="N", help="write a preview every N iterations as OUT.iterNNNN.EXT"
+        "--save-every",
+        dest="preview_every",
+        type=_number(int, 1),
+        metavar="N",
+        help="write a preview every N iterations as OUT.iterNNNN.EXT",
     )
     run.add_argument(
         "--progress",
@@ -162,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_info)
     health = commands.add_parser("health", parents=[connection], help="print the serving status; exit 0 if SERVING")
-    health.add_argument("--service", default="nst.v1.StyleTransferService", help='"" for the whole server')
+    health.add_argument("--service", default=SERVICE_NAME, help='"" for the whole server')
     health.set_defaults(handler=_health)
     return parser
 
@@ -233,29 +240,30 @@ def _stylize(args: argparse.Namespace) -> int:
     content: Path | None = None if args.texture else args.content
     style_paths: list[Path] = [args.content, *args.styles] if args.texture else args.styles
     if args.blend_weights is not None and len(args.blend_weights) != len(style_paths):
-        args.parser.error(f"--style-weights: {len(args.blend_weights)} weights for {len(style_paths)} style(s)")
+        args.parser.error(f"--blend-weights: {len(args.blend_weights)} weights for {len(style_paths)} style(s)")
     if (args.init_image is None) != (args.init != "image"):
         args.parser.error("--init image and --init-image PATH go together")
     weights = args.blend_weights or [None] * len(style_paths)
     styles = [Style(path, blend_weight=w, scale=args.style_scale) for path, w in zip(style_paths, weights, strict=True)]
-    options: StylizeOptions = {
-        "max_side_px": args.max_side_px, "max_evaluations": args.max_evaluations, "optimizer": args.optimizer,
-        "learning_rate": args.learning_rate, "content_weight": args.content_weight, "style_weight": args.style_weight,
-        "tv_weight": args.tv_weight, "init": args.init, "seed": args.seed, "preview_every": args.save_every,
-        "output_format": output_format, "model": args.model, "colour_preservation": args.colour_preservation,
-        "scales": args.scales, "coarse_evaluations": args.coarse_evaluations, "init_image": args.init_image,
-        "content_layers": args.content_layers, "style_layers": args.style_layers,
-        "style_layer_weights": args.style_layer_weights, "width_px": args.width_px, "height_px": args.height_px,
-    }  # fmt: skip
+    options = options_from_args(args, output_format)
     with _connect(args) as client:
         try:
-            call = client.stylize(content, styles, timeout_s=args.timeout, **options)
+            call = client.stylize(content, styles, options, timeout_s=args.timeout, model=args.model)
         except OSError as error:
             raise _Failure(f"cannot read {error.filename}: {error.strerror}") from None
         with call, _Reporter(args.progress, out, sys.stdout, sys.stderr) as reporter:
             for event in call:
                 reporter.handle(event)
     return 0
+
+
+def options_from_args(args: argparse.Namespace, output_format: str) -> StylizeOptions:
+    """The job's options from the parsed flags: each flag's dest is its option's name; the output format comes from
+    OUT's extension. A flag left out is None: the server's default."""
+    chosen = {
+        field.name: getattr(args, field.name) for field in dataclasses.fields(StylizeOptions) if field.name in args
+    }
+    return StylizeOptions(**{**chosen, "output_format": output_format})
 
 
 def preview_path(out: Path, iteration: int) -> Path:

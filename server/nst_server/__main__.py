@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import auth
 from .app import load_models, serve
-from .config import ServerConfig
+from .config import Limits, ServerConfig
 from .graphs import DeviceUnavailableError
 
 log = logging.getLogger("nst_server")
@@ -40,33 +42,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-concurrent",
         type=int,
-        default=d.max_concurrent,
-        help=f"jobs computing at once (default {d.max_concurrent})",
+        default=d.limits.max_concurrent,
+        help=f"jobs computing at once (default {d.limits.max_concurrent})",
     )
     parser.add_argument(
-        "--max-queue", type=int, default=d.max_queue, help=f"jobs waiting for a slot (default {d.max_queue})"
+        "--max-queue",
+        type=int,
+        default=d.limits.max_queue,
+        help=f"jobs waiting for a slot (default {d.limits.max_queue})",
     )
     parser.add_argument(
-        "--max-pixels", type=int, default=d.max_pixels, help=f"pixels of any input image (default {d.max_pixels})"
+        "--max-pixels",
+        type=int,
+        default=d.limits.max_pixels,
+        help=f"pixels of any input image (default {d.limits.max_pixels})",
     )
     parser.add_argument(
         "--max-side",
         dest="max_side_px",
         type=int,
-        default=d.max_side_px,
-        help=f"longest output side in px (default {d.max_side_px})",
+        default=d.limits.max_side_px,
+        help=f"longest output side in px (default {d.limits.max_side_px})",
     )
     parser.add_argument(
-        "--max-evaluations", type=int, default=d.max_evaluations, help=f"per job (default {d.max_evaluations})"
+        "--max-evaluations",
+        type=int,
+        default=d.limits.max_evaluations,
+        help=f"per job (default {d.limits.max_evaluations})",
     )
     parser.add_argument(
-        "--max-styles", type=int, default=d.max_styles, help=f"style images per request (default {d.max_styles})"
+        "--max-styles",
+        type=int,
+        default=d.limits.max_styles,
+        help=f"style images per request (default {d.limits.max_styles})",
     )
     parser.add_argument(
         "--max-message-bytes",
         type=int,
-        default=d.max_message_bytes,
-        help=f"request size (default {d.max_message_bytes})",
+        default=d.limits.max_message_bytes,
+        help=f"request size (default {d.limits.max_message_bytes})",
     )
     parser.add_argument(
         "--drain",
@@ -112,30 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
 def _usage_problem(config: ServerConfig) -> str | None:
     """What makes these settings unusable, as one line; None when they are fine."""
     for limit in ("max_concurrent", "max_pixels", "max_side_px", "max_evaluations", "max_styles", "max_message_bytes"):
-        if getattr(config, limit) < 1:
+        if getattr(config.limits, limit) < 1:
             return f"--{limit.replace('_', '-')} must be at least 1"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together: give both (TLS) or neither (plaintext)"
     return None
 
 
-def _config(args: argparse.Namespace) -> ServerConfig:
-    """The settings from the flags and the environment.
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ServerConfig:
+    """The settings from parsed flags and the environment (for $NST_TOKEN).
 
     Raises:
         auth.AccessError: the token is empty or unusable.
         OSError: --token-file cannot be read.
     """
-    settings = vars(args)
-    token = auth.read_token(settings.pop("token_file"), os.environ)
-    return ServerConfig(**{**settings, "model_dirs": tuple(args.model_dirs), "token": token})
+    settings = dict(vars(args))
+    token = auth.read_token(settings.pop("token_file"), environ)
+    limits = Limits(**{limit.name: settings.pop(limit.name) for limit in dataclasses.fields(Limits)})
+    return ServerConfig(**{**settings, "model_dirs": tuple(args.model_dirs), "limits": limits, "token": token})
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `nst-server`; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        config = _config(args)
+        config = config_from_args(args, os.environ)
     except auth.AccessError as error:
         print(f"nst-server: error: {error}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,6 +19,7 @@ from .config import ServerConfig
 from .errors import ShuttingDown
 from .graphs import LossGraphs
 from .metrics import Metrics
+from .model import LossModel
 from .servicer import StyleTransferServicer
 
 log = logging.getLogger(__name__)
@@ -32,64 +34,97 @@ def load_models(config: ServerConfig) -> list[LossGraphs]:
     return [LossGraphs(directory, config.device, config.threads) for directory in config.model_dirs]
 
 
-async def serve(config: ServerConfig, models: list[LossGraphs]) -> None:
+class Server:
+    """One assembled server: gRPC (style service, health, reflection) and metrics, bound but not yet started."""
+
+    def __init__(self, config: ServerConfig, models: Sequence[LossModel]) -> None:
+        self.config = config
+        self.models = models
+        limit = config.limits.max_message_bytes + _MESSAGE_OVERHEAD_BYTES
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+        if config.max_connection_age_s > 0:
+            # GOAWAY after this age makes clients open a new connection, re-resolving a dns:/// target on the way,
+            # so replicas added by the autoscaler get their share. The age's grace stays gRPC's default
+            # (unlimited): streams already running on the old connection finish however long they take.
+            options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)))
+        interceptors = [auth.BearerTokenInterceptor(config.token)] if config.token is not None else []
+        self.grpc = grpc.aio.server(options=options, interceptors=interceptors)
+        self.admission = Admission(config.limits.max_concurrent, config.limits.max_queue)
+        self.metrics = Metrics(self.admission, models)  # recorded always (it is cheap), published only when asked
+        self.servicer = StyleTransferServicer(models, config, self.admission, self.metrics)
+        pb_grpc.add_StyleTransferServiceServicer_to_server(self.servicer, self.grpc)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        self.port = _listen(self.grpc, config)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.host}:{config.port}")
+
+    async def start(self) -> None:
+        """Publish metrics (if configured), start the listener and answer SERVING."""
+        config = self.config
+        if config.metrics_port is not None:
+            metrics_host = config.metrics_host or config.host
+            log.info("metrics on %s:%d", metrics_host, self.metrics.serve(metrics_host, config.metrics_port))
+        await self.grpc.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("access: %s", _access_summary(config))
+        devices = ", ".join(sorted({model.device for model in self.models}))
+        log.info("listening on %s:%d (device %s)", config.host, self.port, devices)
+
+    async def shutdown(self) -> None:
+        """Drain: NOT_SERVING for drain_s, refuse new jobs, give running ones grace_s, cancel the rest, stop."""
+        config, admission = self.config, self.admission
+        log.info(
+            "shutting down with %d running and %d queued jobs: NOT_SERVING for %.1fs, then up to %.1fs for them",
+            admission.running,
+            admission.queued,
+            config.drain_s,
+            config.grace_s,
+        )
+        admission.close()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.sleep(config.drain_s)
+        try:
+            await asyncio.wait_for(admission.wait_idle(), timeout=config.grace_s)
+        except TimeoutError:
+            log.warning(
+                "grace period over: cancelling %d running and %d queued jobs", admission.running, admission.queued
+            )
+            self.servicer.stop_all(
+                ShuttingDown(f"server shut down; the job was cancelled after a {config.grace_s:g}s grace period")
+            )
+            try:
+                await asyncio.wait_for(admission.wait_idle(), timeout=config.grace_s)
+            except TimeoutError:  # an evaluation longer than the grace period: stop serving anyway, still exit 0
+                log.warning("%d jobs did not stop within a further %.1fs; exiting", admission.running, config.grace_s)
+        await self.grpc.stop(grace=1.0)
+        self.metrics.close()
+        log.info("stopped")
+
+
+def create_server(config: ServerConfig, models: Sequence[LossModel]) -> Server:
+    """The whole server for ``config`` over loaded ``models``, bound to its port (``server.port``; config.port 0
+    picks a free one) but not started. Call it on the event loop that will run it."""
+    return Server(config, models)
+
+
+async def serve(config: ServerConfig, models: Sequence[LossModel]) -> None:
     """Serve until SIGTERM or SIGINT, then drain: NOT_SERVING, refuse new jobs, finish or cancel the rest."""
-    limit = config.max_message_bytes + _MESSAGE_OVERHEAD_BYTES
-    options: list[tuple[str, int]] = [
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-    ]
-    if config.max_connection_age_s > 0:
-        # GOAWAY after this age makes clients open a new connection, re-resolving a dns:/// target on the way, so
-        # replicas added by the autoscaler get their share. The age's grace stays gRPC's default (unlimited):
-        # streams already running on the old connection finish however long they take.
-        options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)))
-    interceptors = [auth.BearerTokenInterceptor(config.token)] if config.token is not None else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
-    admission = Admission(config.max_concurrent, config.max_queue)
-    metrics = Metrics(admission, models)  # recorded always (it is cheap), published only when asked for
-    servicer = StyleTransferServicer(models, config, admission, metrics)
-    pb_grpc.add_StyleTransferServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = _listen(server, config)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.host}:{config.port}")
-    if config.metrics_port is not None:
-        metrics_host = config.metrics_host or config.host
-        log.info("metrics on %s:%d", metrics_host, metrics.serve(metrics_host, config.metrics_port))
+    server = create_server(config, models)
     # Handlers before the listener starts: a SIGTERM that follows "listening on" at once still drains (exit 0).
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     await server.start()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("access: %s", _access_summary(config))
-    log.info("listening on %s:%d (device %s)", config.host, port, ", ".join(sorted({m.device for m in models})))
     await stopping.wait()
-
-    log.info("shutting down: NOT_SERVING for %.1fs, then up to %.1fs for running jobs", config.drain_s, config.grace_s)
-    admission.close()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await asyncio.sleep(config.drain_s)
-    try:
-        await asyncio.wait_for(admission.wait_idle(), timeout=config.grace_s)
-    except TimeoutError:
-        log.warning("grace period over: cancelling %d running and %d queued jobs", admission.running, admission.queued)
-        servicer.stop_all(
-            ShuttingDown(f"server shut down; the job was cancelled after a {config.grace_s:g}s grace period")
-        )
-        try:
-            await asyncio.wait_for(admission.wait_idle(), timeout=config.grace_s)
-        except TimeoutError:  # an evaluation longer than the grace period: stop serving anyway, still exit 0
-            log.warning("%d jobs did not stop within a further %.1fs; exiting", admission.running, config.grace_s)
-    await server.stop(grace=1.0)
-    metrics.close()
-    log.info("stopped")
+    await server.shutdown()
 
 
 def _listen(server: grpc.aio.Server, config: ServerConfig) -> int:

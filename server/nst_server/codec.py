@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import TypeVar
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
@@ -13,10 +12,10 @@ from nst.v1 import style_transfer_pb2 as pb
 from . import images
 from .config import ServerConfig
 from .errors import InvalidRequest
-from .graphs import LossGraphs
 from .job import (
     ColourPreservation,
     Event,
+    FloatArray,
     ImageFormat,
     Init,
     Job,
@@ -30,8 +29,11 @@ from .job import (
     ScaleStarted,
     Started,
     Style,
+    default_init,
+    scale_sizes,
 )
 from .manifest import LossWeights, Manifest
+from .model import LossModel
 
 T = TypeVar("T")
 
@@ -41,7 +43,7 @@ _OPTIMIZERS = {
     pb.OPTIMIZER_ADAM: Optimizer.ADAM,
 }
 _INITS = {
-    pb.INIT_UNSPECIFIED: None,  # resolved per job: the photo when there is one to start from, else noise
+    pb.INIT_UNSPECIFIED: None,  # job.default_init decides, from the images the request has
     pb.INIT_CONTENT: Init.CONTENT,
     pb.INIT_GRAY: Init.GRAY,
     pb.INIT_NOISE: Init.NOISE,
@@ -117,18 +119,21 @@ def _style_layer_weights(options: pb.StylizeOptions, style_layers: tuple[str, ..
     return weights
 
 
-def options_from_pb(options: pb.StylizeOptions, config: ServerConfig, manifest: Manifest) -> Options:
-    """Validated options with every unset field at its documented default (``init`` resolved later, per job)."""
+def options_from_pb(
+    options: pb.StylizeOptions, config: ServerConfig, manifest: Manifest, has_content: bool, has_style: bool
+) -> Options:
+    """Validated options with every unset field at its documented default (``job.Options``; ``init`` from
+    ``job.default_init``, which needs to know whether the request has a content and a style image)."""
     base, defaults = Options(), manifest.default_loss_weights
     learning_rate = options.learning_rate if options.HasField("learning_rate") else base.learning_rate
     if not math.isfinite(learning_rate) or not 0 < learning_rate <= 1:
         raise InvalidRequest(f"options.learning_rate: {learning_rate} is not allowed; expected 0 < rate <= 1")
     style_layers = _layers("style_layers", options.style_layers, manifest.style_layers)
-    max_evaluations = config.max_evaluations
+    max_evaluations = config.limits.max_evaluations
     return Options(
         max_side_px=_bounded(
-            "max_side_px", options.max_side_px, min(base.max_side_px, config.max_side_px), images.MIN_SIDE_PX,
-            config.max_side_px,
+            "max_side_px", options.max_side_px, min(base.max_side_px, config.limits.max_side_px), images.MIN_SIDE_PX,
+            config.limits.max_side_px,
         ),
         # The default is capped by the server's limit as max_side_px's is: unset must never mean "over the limit".
         max_evaluations=_bounded(
@@ -141,7 +146,7 @@ def options_from_pb(options: pb.StylizeOptions, config: ServerConfig, manifest: 
             style=_weight("style_weight", options, defaults.style),
             tv=_weight("tv_weight", options, defaults.tv),
         ),
-        init=_enum("options.init", options.init, _INITS, pb.Init) or base.init,
+        init=_enum("options.init", options.init, _INITS, pb.Init) or default_init(has_content, has_style),
         seed=options.seed,
         preview_every=options.preview_every,
         output_format=_enum("options.output_format", options.output_format, _FORMATS, pb.ImageFormat),
@@ -157,7 +162,7 @@ def options_from_pb(options: pb.StylizeOptions, config: ServerConfig, manifest: 
     )  # fmt: skip
 
 
-def pick_model(name: str, models: Sequence[LossGraphs]) -> LossGraphs:
+def pick_model(name: str, models: Sequence[LossModel]) -> LossModel:
     """The named model, or the first when the request names none."""
     if not name:
         return models[0]
@@ -174,36 +179,35 @@ def _check_side(field: str, size: tuple[int, int], why: str) -> None:
         )
 
 
-def _output_size(request: pb.StylizeRequest, options: Options, config: ServerConfig) -> tuple[int, int]:
-    """The content's size at max_side_px, or the texture's requested size when there is no content image."""
-    opts = request.options
-    if request.content_image:
-        if opts.width_px or opts.height_px:
-            raise InvalidRequest(
-                "options.width_px/height_px: only for texture synthesis; the content image sets the size"
-            )
-        return (0, 0)  # decided by the content image
-    side = options.max_side_px
-    width = _bounded("width_px", opts.width_px, side, images.MIN_SIDE_PX, config.max_side_px)
-    height = _bounded("height_px", opts.height_px, side, images.MIN_SIDE_PX, config.max_side_px)
+def _content(request: pb.StylizeRequest, options: Options, config: ServerConfig) -> FloatArray:
+    """The decoded content image at max_side_px: its size is the output's."""
+    if request.options.width_px or request.options.height_px:
+        raise InvalidRequest("options.width_px/height_px: only for texture synthesis; the content image sets the size")
+    decoded = images.decode(request.content_image, "content_image", config.limits.max_pixels)
+    size = images.size_for_longest_side(*decoded.size, options.max_side_px)
+    _check_side("content_image", size, f"{decoded.width}x{decoded.height} at max_side_px {options.max_side_px}")
+    return images.to_array(decoded, size)
+
+
+def _texture_size(request: pb.StylizeRequest, options: Options, config: ServerConfig) -> tuple[int, int]:
+    """The output size of texture synthesis (no content image): as requested, each side max_side_px by default."""
+    opts, side, limit = request.options, options.max_side_px, config.limits.max_side_px
+    width = _bounded("width_px", opts.width_px, side, images.MIN_SIDE_PX, limit)
+    height = _bounded("height_px", opts.height_px, side, images.MIN_SIDE_PX, limit)
     return width, height
 
 
-def _resolve_init(request: pb.StylizeRequest, options: Options) -> Options:
-    """The start image: as asked, else the photo when there is a photo and a style, else noise."""
-    has_content, has_style = bool(request.content_image), bool(request.style_images)
-    init = options.init
-    if request.options.init == pb.INIT_UNSPECIFIED and not (has_content and has_style):
-        init = Init.NOISE
-    if init is Init.CONTENT and not has_content:
+def _check_init(request: pb.StylizeRequest, options: Options) -> None:
+    """The start image and colour preservation make sense for the images the request has."""
+    has_content = bool(request.content_image)
+    if options.init is Init.CONTENT and not has_content:
         raise InvalidRequest(
             "options.init: INIT_CONTENT needs a content image; use INIT_NOISE, INIT_GRAY or INIT_IMAGE"
         )
-    if (init is Init.IMAGE) != bool(request.options.init_image):
+    if (options.init is Init.IMAGE) != bool(request.options.init_image):
         raise InvalidRequest("options.init_image: give it exactly when options.init is INIT_IMAGE")
     if options.colour_preservation is not ColourPreservation.NONE and not has_content:
         raise InvalidRequest("options.colour_preservation: keeps the content image's colours; this request has none")
-    return replace(options, init=init)
 
 
 def _style(style: pb.StyleImage, index: int, output_side: int, config: ServerConfig) -> Style:
@@ -213,47 +217,44 @@ def _style(style: pb.StyleImage, index: int, output_side: int, config: ServerCon
     scale = style.scale if style.HasField("scale") else 1.0
     if not math.isfinite(scale) or not 0 < scale <= MAX_STYLE_SCALE:
         raise InvalidRequest(f"{field}.scale: {scale} is not allowed; expected 0 < scale <= {MAX_STYLE_SCALE:g}")
-    decoded = images.decode(style.image, f"{field}.image", config.max_pixels)
+    decoded = images.decode(style.image, f"{field}.image", config.limits.max_pixels)
     size = images.size_for_longest_side(*decoded.size, max(1, round(output_side * scale)))
-    if size[0] * size[1] > config.max_pixels:
+    if size[0] * size[1] > config.limits.max_pixels:
         raise InvalidRequest(
-            f"{field}.scale: {scale:g} makes the style {size[0]}x{size[1]}, over {config.max_pixels} pixels"
+            f"{field}.scale: {scale:g} makes the style {size[0]}x{size[1]}, over {config.limits.max_pixels} pixels"
         )
     return Style(images.to_array(decoded, size), weight)
 
 
 def _check_scales(job: Job) -> None:
     """Every image of the coarsest scale must still be 32 px on its short side (relu5_1 needs four poolings)."""
-    ratio = 1 / math.sqrt(2) ** (job.options.scales - 1)
-    coarsest = (round(job.size[0] * ratio), round(job.size[1] * ratio))
-    _check_side("options.scales", coarsest, f"the coarsest of {job.options.scales} scales")
+    scales = job.options.scales
+    _check_side("options.scales", scale_sizes(job.size, scales)[0], f"the coarsest of {scales} scales")
     for index, style in enumerate(job.styles):
-        style_size = (round(style.image.shape[3] * ratio), round(style.image.shape[2] * ratio))
+        style_size = scale_sizes((style.image.shape[3], style.image.shape[2]), scales)[0]
         _check_side(f"style_images[{index}]", style_size, "at the coarsest scale, after its scale")
 
 
-def job_from_request(
-    request: pb.StylizeRequest, job_id: str, models: Sequence[LossGraphs], config: ServerConfig
-) -> Job:
+def job_from_request(request: pb.StylizeRequest, job_id: str, models: Sequence[LossModel], config: ServerConfig) -> Job:
     """Decode and validate everything a job needs; raises InvalidRequest naming the first problem."""
     graphs = pick_model(request.model, models)
     if not request.content_image and not request.style_images:
         raise InvalidRequest("content_image, style_images: both empty; give a content image, a style image or both")
-    if len(request.style_images) > config.max_styles:
-        raise InvalidRequest(f"style_images: {len(request.style_images)} given, at most {config.max_styles} allowed")
-    options = _resolve_init(request, options_from_pb(request.options, config, graphs.manifest))
-    size, content = _output_size(request, options, config), None
-    if request.content_image:
-        decoded = images.decode(request.content_image, "content_image", config.max_pixels)
-        size = images.size_for_longest_side(*decoded.size, options.max_side_px)
-        _check_side("content_image", size, f"{decoded.width}x{decoded.height} at max_side_px {options.max_side_px}")
-        content = images.to_array(decoded, size)
+    if len(request.style_images) > config.limits.max_styles:
+        raise InvalidRequest(
+            f"style_images: {len(request.style_images)} given, at most {config.limits.max_styles} allowed"
+        )
+    has_content, has_style = bool(request.content_image), bool(request.style_images)
+    options = options_from_pb(request.options, config, graphs.manifest, has_content, has_style)
+    _check_init(request, options)
+    content = _content(request, options, config) if has_content else None
+    size = (content.shape[3], content.shape[2]) if content is not None else _texture_size(request, options, config)
     styles = tuple(_style(style, index, max(size), config) for index, style in enumerate(request.style_images))
     if styles and sum(style.blend_weight for style in styles) <= 0:
         raise InvalidRequest("style_images[].blend_weight: all are 0; at least one must be positive")
     init_image = None
     if options.init is Init.IMAGE:
-        decoded = images.decode(request.options.init_image, "options.init_image", config.max_pixels)
+        decoded = images.decode(request.options.init_image, "options.init_image", config.limits.max_pixels)
         init_image = images.to_array(decoded, size)
     job = Job(job_id, graphs.name, size, content, styles, options, init_image)
     _check_scales(job)
@@ -302,7 +303,7 @@ def to_response(event: Event) -> pb.StylizeResponse:
     raise TypeError(f"not an event: {event!r}")
 
 
-def describe(models: Sequence[LossGraphs], config: ServerConfig) -> pb.DescribeModelResponse:
+def describe(models: Sequence[LossModel], config: ServerConfig) -> pb.DescribeModelResponse:
     """What the server runs and the limits it enforces."""
     infos = []
     for graphs in models:
@@ -315,11 +316,11 @@ def describe(models: Sequence[LossGraphs], config: ServerConfig) -> pb.DescribeM
             device=graphs.device, opset=m.opset, exporter=m.exporter,
         ))  # fmt: skip
     limits = pb.Limits(
-        max_pixels=config.max_pixels,
-        max_message_bytes=config.max_message_bytes,
-        max_styles=config.max_styles,
-        max_evaluations=config.max_evaluations,
-        max_concurrent=config.max_concurrent,
-        max_queue=config.max_queue,
+        max_pixels=config.limits.max_pixels,
+        max_message_bytes=config.limits.max_message_bytes,
+        max_styles=config.limits.max_styles,
+        max_evaluations=config.limits.max_evaluations,
+        max_concurrent=config.limits.max_concurrent,
+        max_queue=config.limits.max_queue,
     )
     return pb.DescribeModelResponse(models=infos, limits=limits)

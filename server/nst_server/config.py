@@ -4,8 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from .graphs import Device
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the server refuses beyond: each is a `--max-*` flag. Per-job defaults live in ``job.Options``."""
+
+    max_concurrent: int = 1  # jobs computing at once; one job already uses every core of a CPU
+    max_queue: int = 8  # jobs waiting for a slot
+    max_pixels: int = 16_777_216  # of any input image, checked before decoding (4096 x 4096)
+    max_side_px: int = 1024  # longest side of the output
+    max_evaluations: int = 5000  # per job
+    max_styles: int = 8  # style images per request
+    max_message_bytes: int = 64 * 1024 * 1024  # of a request
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,13 +31,7 @@ class ServerConfig:
     port: int = 50051
     device: Device = "auto"
     threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
-    max_concurrent: int = 1  # one job already uses every core of a CPU
-    max_queue: int = 8
-    max_pixels: int = 16_777_216  # of any input image, checked before decoding (4096 x 4096)
-    max_side_px: int = 1024  # of the output
-    max_evaluations: int = 5000
-    max_styles: int = 8
-    max_message_bytes: int = 64 * 1024 * 1024
+    limits: Limits = field(default_factory=Limits)
     drain_s: float = 5.0  # after SIGTERM, health answers NOT_SERVING this long before the listener closes
     grace_s: float = 30.0  # then running jobs get this long to finish before they are cancelled
     max_connection_age_s: float = 0.0  # then GOAWAY, so clients re-resolve DNS and find new replicas; 0 = never

@@ -1,35 +1,30 @@
-"""The server's expected failures, and the one table that maps them to gRPC status codes."""
+"""The server's expected failures. Plain exceptions: the servicer maps each type to a gRPC status in one table."""
 
 from __future__ import annotations
 
-import grpc
-
 
 class JobError(Exception):
-    """A job ended for a reason the caller should hear about; ``str(error)`` is the message they get."""
+    """A job ended for a reason the caller should hear about; ``str(error)`` is the message they get.
 
-    status = grpc.StatusCode.INTERNAL
+    Never raised itself: each subclass says what kind of ending it is (and so which status the caller gets).
+    """
 
 
 class InvalidRequest(JobError):
     """The request names a bad field value; the message names the field, the value and what is allowed."""
 
-    status = grpc.StatusCode.INVALID_ARGUMENT
-
 
 class Overloaded(JobError):
     """Every running slot and every queue place is taken."""
-
-    status = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class ShuttingDown(JobError):
     """The server is draining: it takes no new jobs, or its grace period for running ones has passed."""
 
-    status = grpc.StatusCode.UNAVAILABLE
-
 
 class Cancelled(JobError):
     """The caller cancelled, disconnected or ran past its deadline; nobody is listening for a status."""
 
-    status = grpc.StatusCode.CANCELLED
+
+class InternalError(JobError):
+    """A bug: an unexpected exception while reading a request or running a job, reported as one line naming it."""

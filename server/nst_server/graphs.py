@@ -8,20 +8,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from . import manifest as mf
+from .config import Device
+from .job import FloatArray
+from .model import Evaluation, Evaluator, Regions
+from .targets import layer_weights
 
 log = logging.getLogger(__name__)
 
-Device = Literal["auto", "cpu", "cuda"]
-FloatArray = npt.NDArray[np.float32]
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -90,35 +90,8 @@ def _session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-@dataclass(frozen=True, slots=True)
-class Regions:
-    """Spatial control: one guide per region at the image's size, (R, H, W) in [0, 1], and a weight per region.
-
-    Each region's Gram targets come in the loss inputs' first axis, in the same order.
-    """
-
-    guides: FloatArray
-    weights: FloatArray
-
-    @classmethod
-    def everywhere(cls, shape: tuple[int, int]) -> Regions:
-        """One region covering the whole image with weight 1: the plain Gatys loss."""
-        return cls(np.ones((1, *shape), np.float32), np.ones(1, np.float32))
-
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    """One loss and gradient evaluation. ``grad`` is the evaluator's buffer: consume it before the next call."""
-
-    loss: float
-    content: float
-    style: float
-    tv: float
-    grad: FloatArray
-
-
-class Evaluator:
-    """Loss and gradient at one image size for one job's targets, bound once.
+class SessionEvaluator:
+    """Loss and gradient at one image size for one job's targets, bound once (a ``model.Evaluator``).
 
     Targets and weights are bound at construction; each call only copies the image in and runs. Outputs
     land in buffers allocated here once, in host memory, so on CUDA the targets stay on the device while
@@ -242,6 +215,7 @@ class LossGraphs:
 
     def warm_up(self, evaluator: Evaluator, image: FloatArray) -> None:
         """Evaluate once if this size is new to the process: onnxruntime plans memory per shape on first run."""
+        assert isinstance(evaluator, SessionEvaluator), "an evaluator from this model's evaluator()"
         key = (id(evaluator.session), *evaluator.shape)
         if key not in self._warm_shapes:
             evaluator(image)
@@ -300,15 +274,14 @@ class LossGraphs:
         style_layer_weights: tuple[float, ...] | None = None,
         regions: Regions | None = None,
         circular: bool = False,
-    ) -> Evaluator:
+    ) -> SessionEvaluator:
         """An evaluator at ``shape`` (height, width) with everything but the image bound once.
 
-        Per-layer weights default to the export issue's: 1 per content layer, style layers equal summing to 1.
-        Without ``regions`` the style applies everywhere (one region); a Gram target given as (N, N) is that one
-        region's. ``circular`` evaluates the circular-padding graph: a tileable image.
+        Per-layer weights left None are ``targets.layer_weights``' defaults: 1 per content layer, style layers
+        equal and summing to 1. Without ``regions`` the style applies everywhere (one region); a Gram target
+        given as (N, N) is that one region's. ``circular`` evaluates the circular-padding graph: a tileable image.
         """
-        manifest = self.manifest
-        n_style = len(manifest.style_layers)
+        default_content, default_style = layer_weights(self.manifest)
         regions = regions or Regions.everywhere(shape)
         feeds = {name: array[np.newaxis] if array.ndim == 2 else array for name, array in targets.items()}
         feeds[mf.REGION_GUIDES_INPUT] = regions.guides
@@ -316,8 +289,6 @@ class LossGraphs:
         feeds[mf.CONTENT_WEIGHT_INPUT] = np.array(loss_weights.content, np.float32)
         feeds[mf.STYLE_WEIGHT_INPUT] = np.array(loss_weights.style, np.float32)
         feeds[mf.TV_WEIGHT_INPUT] = np.array(loss_weights.tv, np.float32)
-        feeds[mf.CONTENT_LAYER_WEIGHTS_INPUT] = np.array(
-            content_layer_weights or (1.0,) * len(manifest.content_layers), np.float32
-        )
-        feeds[mf.STYLE_LAYER_WEIGHTS_INPUT] = np.array(style_layer_weights or (1.0 / n_style,) * n_style, np.float32)
-        return Evaluator(self._sessions(circular)[1], self.device, shape, feeds)
+        feeds[mf.CONTENT_LAYER_WEIGHTS_INPUT] = np.array(content_layer_weights or default_content, np.float32)
+        feeds[mf.STYLE_LAYER_WEIGHTS_INPUT] = np.array(style_layer_weights or default_style, np.float32)
+        return SessionEvaluator(self._sessions(circular)[1], self.device, shape, feeds)

@@ -6,6 +6,7 @@ Nothing here knows about protobuf or gRPC; ``codec`` translates.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy.typing as npt
 from .manifest import LossWeights
 
 FloatArray = npt.NDArray[np.float32]
+SCALE_RATIO = math.sqrt(2)  # between the sizes of consecutive scales of a coarse-to-fine run
 
 
 class Optimizer(enum.Enum):
@@ -49,7 +51,7 @@ class Options:
     optimizer: Optimizer = Optimizer.LBFGS
     learning_rate: float = 0.02  # Adam's step in [0, 1] pixel units
     loss_weights: LossWeights | None = None  # None: the model's defaults for its weights flavour
-    init: Init = Init.CONTENT  # NOISE when the job has no content image or no style image
+    init: Init = Init.CONTENT  # when the request leaves it unset: default_init(has_content, has_style)
     seed: int = 0
     preview_every: int = 0  # iterations between previews; 0 = none
     output_format: ImageFormat = ImageFormat.PNG
@@ -60,6 +62,18 @@ class Options:
     content_layers: tuple[str, ...] = ()  # subset of the model's; () = all
     style_layers: tuple[str, ...] = ()  # subset of the model's; () = all
     style_layer_weights: tuple[float, ...] = ()  # one per style layer, normalised; () = equal
+
+
+def default_init(has_content: bool, has_style: bool) -> Init:
+    """Where a job starts when the request does not say: the photo when there is a photo to start from and a style
+    to move it towards; otherwise (texture synthesis, content reconstruction) seeded noise."""
+    return Init.CONTENT if has_content and has_style else Init.NOISE
+
+
+def scale_sizes(size: tuple[int, int], scales: int) -> list[tuple[int, int]]:
+    """(width, height) of each scale, coarsest first: scale k of n is size / SCALE_RATIO**(n - k), the last is size."""
+    width, height = size
+    return [(round(width / SCALE_RATIO**k), round(height / SCALE_RATIO**k)) for k in reversed(range(scales))]
 
 
 @dataclass(frozen=True, slots=True)

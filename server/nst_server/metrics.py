@@ -16,8 +16,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .admission import Admission
-from .graphs import LossGraphs
 from .job import Event, Progress
+from .model import LossModel
 
 # From a small image on a GPU (milliseconds) to a large one on a CPU (seconds per iteration, many minutes a job).
 ITERATION_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -27,7 +27,7 @@ JOB_BUCKETS = (0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 class _StateCollector(Collector):
     """Values read at scrape time rather than kept in step with the code that changes them."""
 
-    def __init__(self, admission: Admission, models: Sequence[LossGraphs]) -> None:
+    def __init__(self, admission: Admission, models: Sequence[LossModel]) -> None:
         self._admission = admission
         self._models = models
 
@@ -75,7 +75,7 @@ class JobRecorder:
 class Metrics:
     """The server's metrics, in a registry of their own; ``serve`` publishes them for Prometheus to scrape."""
 
-    def __init__(self, admission: Admission, models: Sequence[LossGraphs]) -> None:
+    def __init__(self, admission: Admission, models: Sequence[LossModel]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_StateCollector(admission, models))
         self.finished = Counter(

@@ -15,8 +15,8 @@ import numpy.typing as npt
 from scipy.linalg.blas import saxpy, sdot
 
 from .errors import Cancelled
-from .graphs import Evaluation
 from .job import Losses
+from .model import Evaluation
 
 Objective = Callable[[npt.NDArray[np.floating]], Evaluation]
 

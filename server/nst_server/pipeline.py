@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import colour, images, optimise
-from .graphs import Evaluator, FloatArray, LossGraphs
 from .job import (
     ColourPreservation,
     Event,
+    FloatArray,
     Init,
     Job,
     Optimizer,
@@ -23,17 +22,12 @@ from .job import (
     ScaleStarted,
     Started,
     Timings,
+    scale_sizes,
 )
+from .model import Evaluator, LossModel
 from .targets import job_targets, layer_weights
 
-GRAY = 0.5
-SCALE_RATIO = math.sqrt(2)  # between consecutive scales of a coarse-to-fine run, as in crowsonkb's style-transfer
-
-
-def scale_sizes(size: tuple[int, int], scales: int) -> list[tuple[int, int]]:
-    """(width, height) of each scale, coarsest first; each is SCALE_RATIO smaller than the next, the last is size."""
-    width, height = size
-    return [(round(width / SCALE_RATIO**k), round(height / SCALE_RATIO**k)) for k in reversed(range(scales))]
+GRAY = 0.5  # the flat start image of Init.GRAY
 
 
 def initial_canvas(init: Init, job: Job) -> FloatArray:
@@ -66,7 +60,7 @@ class _Scale:
     content: FloatArray | None
 
 
-def _prepare_scale(graphs: LossGraphs, job: Job, styles: tuple[FloatArray, ...], canvas: FloatArray) -> _Scale:
+def _prepare_scale(graphs: LossModel, job: Job, styles: tuple[FloatArray, ...], canvas: FloatArray) -> _Scale:
     """Targets at the canvas's size; the canvas stands in for a missing photo or style, whose weights are 0."""
     height, width = canvas.shape[2:]
     ratio = width / job.size[0]
@@ -124,7 +118,7 @@ def _optimise(
 
 def stylize(
     job: Job,
-    graphs: LossGraphs,
+    graphs: LossModel,
     emit: Callable[[Event], None],
     should_stop: Callable[[], bool],
     queued_s: float = 0.0,

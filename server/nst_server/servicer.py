@@ -1,4 +1,4 @@
-"""The gRPC layer: protobuf in, codec and pipeline, protobuf out; every failure becomes a status."""
+"""The gRPC layer: protobuf in, codec and pipeline, protobuf out; every failure becomes a status (one table)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,26 @@ from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from . import codec, pipeline
 from .admission import Admission, Reservation
 from .config import ServerConfig
-from .errors import Cancelled, JobError
-from .graphs import LossGraphs
+from .errors import Cancelled, InternalError, InvalidRequest, JobError, Overloaded, ShuttingDown
 from .job import Event, Job, Progress, Queued, Result
 from .metrics import Metrics
+from .model import LossModel
 
 log = logging.getLogger(__name__)
+
+# The status each kind of ending reaches the caller with: the one place domain errors meet gRPC.
+STATUS: dict[type[JobError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    InternalError: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(error: JobError) -> grpc.StatusCode:
+    """The status code ``error`` reaches the caller with; INTERNAL for a kind the table does not know."""
+    return STATUS.get(type(error), grpc.StatusCode.INTERNAL)
 
 
 class _Stop:
@@ -45,14 +59,14 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
     """Stylize and DescribeModel over the loaded models."""
 
     def __init__(
-        self, models: Sequence[LossGraphs], config: ServerConfig, admission: Admission, metrics: Metrics
+        self, models: Sequence[LossModel], config: ServerConfig, admission: Admission, metrics: Metrics
     ) -> None:
         self._models = models
         self._config = config
         self._admission = admission
         self._metrics = metrics
         # Jobs run here; admission keeps at most max_concurrent of them busy.
-        self._workers = ThreadPoolExecutor(max_workers=config.max_concurrent, thread_name_prefix="job")
+        self._workers = ThreadPoolExecutor(max_workers=config.limits.max_concurrent, thread_name_prefix="job")
         self._running: dict[str, _Stop] = {}
         self._stopped: JobError | None = None  # set by stop_all: a job that starts after it stops at once
 
@@ -78,17 +92,21 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
                 async for event in self._run(job, reservation, time.perf_counter() - received):
                     last = event if isinstance(event, Progress | Result) else last
                     recorder.event(event)
+                    if isinstance(event, Result):
+                        # Settled before the yield: a caller that closes the stream as soon as it has the Result
+                        # closes this generator at that yield, and the job must still count as ok.
+                        outcome, code = "ok", grpc.StatusCode.OK
                     yield codec.to_response(event)
-                outcome, code = "ok", grpc.StatusCode.OK
             finally:
                 reservation.release()  # no-op once the job's own release ran; frees a queue place otherwise
         except JobError as error:
-            outcome, code = type(error).__name__, error.status
-            await context.abort(error.status, str(error))
+            outcome, code = type(error).__name__, status_of(error)
+            await context.abort(code, str(error))
         except (asyncio.CancelledError, GeneratorExit):
             # A caller who leaves cancels the RPC's task: inside our own await that raises CancelledError here;
             # inside grpc's write of a yielded message the task ends and this generator is closed (GeneratorExit).
-            outcome, code = "cancelled", grpc.StatusCode.CANCELLED
+            if outcome != "ok":  # leaving after the Result was handed to gRPC is the caller's business
+                outcome, code = "cancelled", grpc.StatusCode.CANCELLED
             raise
         finally:
             seconds = time.perf_counter() - received
@@ -131,7 +149,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
 
 
 def _job_from_request(
-    request: pb.StylizeRequest, job_id: str, models: Sequence[LossGraphs], config: ServerConfig
+    request: pb.StylizeRequest, job_id: str, models: Sequence[LossModel], config: ServerConfig
 ) -> Job:
     """codec.job_from_request; a bug in it reaches the caller as INTERNAL naming the job, as one in a run does.
 
@@ -144,11 +162,13 @@ def _job_from_request(
         raise
     except Exception as error:
         log.exception("reading the request of job %s failed", job_id)
-        raise JobError(f"internal error in job {job_id} while reading the request: {type(error).__name__}") from error
+        raise InternalError(
+            f"internal error in job {job_id} while reading the request: {type(error).__name__}"
+        ) from error
 
 
 def _run_job(
-    job: Job, graphs: LossGraphs, emit: Callable[[Event | BaseException], None], stop: _Stop, queued_s: float
+    job: Job, graphs: LossModel, emit: Callable[[Event | BaseException], None], stop: _Stop, queued_s: float
 ) -> None:
     """Worker-thread body: every ending, good or bad, reaches the stream as its last item."""
     try:
@@ -159,7 +179,7 @@ def _run_job(
         emit(error)
     except Exception as error:  # an unexpected bug: log the trace here, send the caller one line
         log.exception("job %s failed", job.job_id)
-        emit(JobError(f"internal error in job {job.job_id}: {type(error).__name__}: {error}"))
+        emit(InternalError(f"internal error in job {job.job_id}: {type(error).__name__}: {error}"))
     finally:
         # After the caller has its last event: an idle server holds its models, not its largest job's tensors.
         try:

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .graphs import FloatArray, LossGraphs
-from .job import Options
+from .job import FloatArray, Options
 from .manifest import Manifest, content_target_name, gram_target_name
+from .model import LossModel
 
 
 def job_targets(
-    graphs: LossGraphs, content: FloatArray, styles: Sequence[FloatArray], blend: Sequence[float] | None = None
+    graphs: LossModel, content: FloatArray, styles: Sequence[FloatArray], blend: Sequence[float] | None = None
 ) -> dict[str, FloatArray]:
     """Loss-graph inputs for one job: F_l(p) per content layer, sum_k b_k G_l(a_k) per style layer.
 
@@ -36,14 +36,16 @@ def job_targets(
 
 
 def layer_weights(
-    manifest: Manifest, options: Options, has_content: bool, has_style: bool
+    manifest: Manifest, options: Options | None = None, has_content: bool = True, has_style: bool = True
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-layer weights for the loss graph, in the model's layer order; unused layers get 0.
+    """Per-layer weights for the loss graph, in the model's layer order; unused layers get 0. The one home of
+    their defaults: without ``options``, 1 per content layer and equal style weights summing to 1.
 
-    Content layers weigh 1 each (the export's L_c sums them); style weights are normalised to sum to 1 so that
+    Content layers weigh 1 each (L_content sums them); style weights w_l are normalised to sum to 1 so that
     beta keeps its meaning whatever the choice. A job without a content (style) image weighs its content
     (style) layers 0, which turns that term off: texture synthesis and content reconstruction.
     """
+    options = options or Options()
     chosen_content = set(options.content_layers or manifest.content_layers)
     content = tuple(1.0 if has_content and name in chosen_content else 0.0 for name in manifest.content_layers)
     chosen_style = options.style_layers or manifest.style_layers

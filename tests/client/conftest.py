@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nst_server.testing import ServerProcess, start_server
 
 from tests.client.support import Inputs, Recorder, RecordingServer, serve_recorder
 from tests.images import png
-from tests.servers import ServerProcess, start_server
 
 
 @pytest.fixture(name="server", scope="module")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,24 +17,12 @@ from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from tests.images import encoded, picture
-from tests.servers import ServerProcess
 
 
 @dataclass(frozen=True)
 class Inputs:
     content: Path  # 80x60 PNG
     style: Path  # 64x64 PNG
-
-
-def wait_logged_after(server: ServerProcess, start: int, pattern: str, timeout_s: float = 60.0) -> str:
-    """The first line matching ``pattern`` among those the server logged after its first ``start`` lines."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for line in server.lines[start:]:
-            if re.search(pattern, line):
-                return line
-        time.sleep(0.05)
-    raise AssertionError(f"server never logged {pattern!r} after line {start}; log:\n{server.log()}")
 
 
 def free_port() -> int:

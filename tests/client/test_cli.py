@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from nst_server.testing import ServerProcess
 from PIL import Image
 
-from tests.client.support import Inputs, RecordingServer, cli_env, free_port, nst, wait_logged_after
-from tests.servers import ServerProcess
+from tests.client.support import Inputs, RecordingServer, cli_env, free_port, nst
 
 QUICK = ("--size", "64", "--optimizer", "adam", "--iterations")  # 64 px and Adam: one evaluation per iteration
 
@@ -143,7 +143,7 @@ def _sigint_as_on_a_terminal() -> None:
 
 def test_interrupt_cancels_the_job(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
     """SIGINT exits 130, the server cancels the job, and its only slot then serves the next job."""
-    start = len(server.lines)
+    before = server.outcomes()
     out = tmp_path / "long.png"
     command = [sys.executable, "-m", "nst_client.cli", "stylize", str(inputs.content), str(inputs.style), "-o",
                str(out), "--server", server.address, "--size", "128", "--optimizer", "adam", "--iterations", "5000",
@@ -166,7 +166,7 @@ def test_interrupt_cancels_the_job(server: ServerProcess, inputs: Inputs, tmp_pa
         process.kill() if process.poll() is None else None
     assert process.returncode == 130
     assert stderr == "nst: interrupted; job cancelled\n"
-    wait_logged_after(server, start, r"outcome=cancelled")
+    assert server.wait_outcomes(1, since=before) == {"cancelled": 1}
     assert os.listdir(tmp_path) == []  # neither the output nor a temporary file
 
     after = nst("stylize", inputs.content, inputs.style, "-o", out, "--server", server.address, *QUICK, "2")
@@ -226,7 +226,7 @@ def test_art_direction_flags(server: ServerProcess, inputs: Inputs, tmp_path: Pa
     out = tmp_path / "styled.png"
     done = nst("stylize", inputs.content, inputs.style, inputs.style, "-o", out, "--server", server.address, *QUICK,
                "2", "--preserve-colour", "luminance", "--content-layers", "relu4_2", "--style-layers",
-               "relu1_1,relu3_1", "--style-layer-weights", "3,1", "--style-weights", "0.7,0.3", "--style-scale",
+               "relu1_1,relu3_1", "--style-layer-weights", "3,1", "--blend-weights", "0.7,0.3", "--style-scale",
                "0.75", "--init", "image", "--init-image", inputs.style)  # fmt: skip
     assert done.returncode == 0, done.stderr
     with Image.open(out) as image:
@@ -236,8 +236,8 @@ def test_art_direction_flags(server: ServerProcess, inputs: Inputs, tmp_path: Pa
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (("--style-weights", "1,2"), "--style-weights: 2 weights for 1 style(s)"),
-        (("--style-weights", "1,x"), "not a number: 'x'"),
+        (("--blend-weights", "1,2"), "--blend-weights: 2 weights for 1 style(s)"),
+        (("--blend-weights", "1,x"), "not a number: 'x'"),
         (("--init-image", "x.png"), "--init image and --init-image PATH go together"),
     ],
     ids=["count", "not-a-number", "init-image-alone"],
@@ -245,7 +245,7 @@ def test_art_direction_flags(server: ServerProcess, inputs: Inputs, tmp_path: Pa
 def test_bad_art_flags_are_usage_errors(
     inputs: Inputs, tmp_path: Path, recording: RecordingServer, flags: tuple[str, ...], message: str
 ) -> None:
-    """A wrong --style-weights count or value, or --init-image without --init image, exits 2 without a call."""
+    """A wrong --blend-weights count or value, or --init-image without --init image, exits 2 without a call."""
     done = nst("stylize", inputs.content, inputs.style, "-o", tmp_path / "out.png", "--server", recording.address,
                *flags)  # fmt: skip
     assert done.returncode == 2

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from nst_server.__main__ import build_parser
+from nst_server.testing import ServerProcess
 
 from tests.deploy.dockerfile import DOCKERFILE, REPO, stages
-from tests.servers import ServerProcess
 
 BIN = Path(sys.executable).parent  # the console scripts of the installed package, as on the image's PATH
 IMAGE_MODEL_DIR = "/models/vgg19"
@@ -82,7 +82,7 @@ def test_image_command_serves_is_healthy_and_stops_on_sigterm(model_dir: Path) -
     server = ServerProcess(
         subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd="/")
     )
-    threading.Thread(target=server._drain, daemon=True).start()  # the shared helper's log reader
+    threading.Thread(target=server.drain_log, daemon=True).start()  # the shared harness's log reader
     try:
         listening = re.search(r"listening on 0\.0\.0\.0:(\d+)", server.wait_logged(r"listening on", 60))
         assert listening, server.log()

@@ -12,11 +12,11 @@ import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from nst_server.colour import to_ycbcr
+from nst_server.testing import ServerProcess, start_server
 from PIL import Image
 
 from tests.images import encoded, picture
 from tests.reference_losses import first_losses, tensor
-from tests.servers import ServerProcess, start_server
 
 CONTENT = picture(64, 48, seed=4)
 STYLE_A = picture(64, 40, seed=5)

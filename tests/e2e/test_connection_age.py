@@ -7,9 +7,9 @@ from pathlib import Path
 import grpc
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+from nst_server.testing import start_server
 
 from tests.images import png
-from tests.servers import start_server
 
 AGE_S = 0.5
 

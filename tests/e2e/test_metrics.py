@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,9 +9,9 @@ import grpc
 import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+from nst_server.testing import Samples, ServerProcess, poll_until, start_server
 
 from tests.images import png
-from tests.servers import Samples, ServerProcess, start_server
 
 
 @pytest.fixture(name="server", scope="module")
@@ -59,10 +58,7 @@ def _value(samples: Samples, name: str, **labels: str) -> float:
 
 def _eventually(scrape: Callable[[], Samples], done: Callable[[Samples], bool], timeout_s: float = 30.0) -> Samples:
     """Scrape until ``done`` holds (the server records a call's end just after the caller hears of it)."""
-    deadline = time.monotonic() + timeout_s
-    while not done(samples := scrape()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return samples
+    return poll_until(lambda: done(samples := scrape()) and samples, timeout_s, "the metrics to settle")
 
 
 def test_scrape_during_a_job(stub: pb_grpc.StyleTransferServiceStub, scrape: Callable[[], Samples]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+from nst_server.testing import ServerProcess, start_server
 from PIL import Image
 
 from tests.images import encoded, picture, png, png_claiming_size
@@ -22,7 +22,6 @@ from tests.reference_losses import first_losses
 from tests.requests import assert_serves
 from tests.requests import events as _events
 from tests.requests import stylize_request as _request
-from tests.servers import ServerProcess, start_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -263,12 +262,14 @@ def test_sigterm_drains_then_cancels_with_a_clear_status(model_dir: Path) -> Non
 
 
 def test_sigterm_lets_a_short_job_finish(model_dir: Path) -> None:
-    """A job that ends within the grace period completes normally after SIGTERM."""
+    """A job still running when the drain begins (the server says so) completes normally after SIGTERM."""
     server = start_server([model_dir], "--drain", "0", "--grace", "60")
     with grpc.insecure_channel(server.address) as channel:
-        call = pb_grpc.StyleTransferServiceStub(channel).Stylize(_request(max_evaluations=20))
+        call = pb_grpc.StyleTransferServiceStub(channel).Stylize(_request(max_evaluations=100))
         assert _first_event(call) == "started"
         server.process.send_signal(15)
-        time.sleep(0.2)
+        draining = server.wait_logged("shutting down")
+        # Counted when the drain began: were the job over already, this test would prove nothing.
+        assert "shutting down with 1 running and 0 queued jobs" in draining, draining
         assert [kind for kind, _ in _events(call)][-1] == "result"
     assert server.process.wait(timeout=60) == 0

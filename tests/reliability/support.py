@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
-from tests.servers import ServerProcess
+from nst_server.testing import ServerProcess, poll_until
 
 REPORT_ENV = "NST_RELIABILITY_REPORT"  # a directory: each figure-producing test writes NAME.json there
 
@@ -30,12 +29,9 @@ def wait_idle(server: ServerProcess, timeout_s: float = 30.0) -> None:
     A job stops within one evaluation of its caller leaving, and its slot frees when its worker returns: a little
     after the caller has gone, so capacity is polled for rather than assumed.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def idle() -> bool:
         samples = server.scrape()
-        busy = samples[("nst_jobs_running", frozenset())], samples[("nst_jobs_queued", frozenset())]
-        if busy == (0, 0):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"capacity never returned: {busy[0]:g} running, {busy[1]:g} queued")
-        time.sleep(0.05)
+        return (samples[("nst_jobs_running", frozenset())], samples[("nst_jobs_queued", frozenset())]) == (0, 0)
+
+    poll_until(idle, timeout_s, "capacity to return (no job running or queued)")

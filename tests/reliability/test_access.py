@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nst_client import StyleClient, StyleTransferError
 from nst_server.__main__ import build_parser
 from nst_server.__main__ import main as server_main
+from nst_server.testing import ServerProcess, server_env, start_server
 
 from tests.client.support import nst, self_signed
 from tests.images import png
 from tests.reliability.support import report
-from tests.servers import ServerProcess, server_env, start_server
+
+pytestmark = pytest.mark.reliability
 
 FILE_TOKEN = "file-token-3f9c2a"
 ENV_TOKEN = "env-token-77b1e0"  # set too, but --token-file wins
@@ -81,21 +84,21 @@ def _reflection(client: StyleClient) -> str:
 def test_library_calls_need_the_right_token_and_refused_ones_compute_nothing(secured: Secured) -> None:
     """No token or a wrong one (the environment's too): UNAUTHENTICATED and no job; health is open; right: works."""
     roots = secured.cert.read_bytes()
-    jobs_before = len(secured.server.jobs())
+    jobs_before = secured.server.outcomes()
     seen: dict[str, dict[str, str]] = {}
     for name, token in (("none", None), ("wrong", "guess"), ("env", ENV_TOKEN), ("right", FILE_TOKEN)):
         with StyleClient(secured.server.address, tls=True, root_certificates=roots, token=token) as client:
             seen[name] = {method: _call(client, method) for method in ("health", "describe", "stylize")}
             seen[name]["reflection"] = _reflection(client)
-    jobs = secured.server.wait_jobs(jobs_before + 1)[jobs_before:]
+    jobs = secured.server.wait_outcomes(1, since=jobs_before)
     statuses = {name: {method: got.split(":")[0] for method, got in calls.items()} for name, calls in seen.items()}
-    report("access_library", {"token": statuses, "jobs_computed": len(jobs)})
+    report("access_library", {"token": statuses, "jobs_computed": jobs.total()})
     assert seen["right"] == dict.fromkeys(("health", "describe", "stylize", "reflection"), "OK")
     for name, problem in (("none", MISSING), ("wrong", WRONG), ("env", WRONG)):
         assert seen[name]["health"] == "OK"  # probes carry no token
         for method in ("describe", "stylize", "reflection"):
             assert seen[name][method].startswith(f"UNAUTHENTICATED: {problem}"), (name, method, seen[name][method])
-    assert [outcome for _, outcome in jobs] == ["ok"]  # the one right stylize; the refused ones never reached it
+    assert jobs == Counter(ok=1)  # the one right stylize; the refused ones never reached it
 
 
 def test_plaintext_client_cannot_talk_to_the_tls_server(secured: Secured) -> None:
@@ -110,17 +113,17 @@ def test_cli_with_tls_and_token(secured: Secured, tmp_path: Path) -> None:
     connection = ("--server", secured.server.address, "--ca-cert", secured.cert)
     inputs = (secured.folder / "content.png", secured.folder / "style.png")
     quick = ("--size", "64", "--optimizer", "adam", "--iterations", "2")
-    jobs_before = len(secured.server.jobs())
+    jobs_before = secured.server.outcomes()
     out = tmp_path / "styled.png"
     done = nst("stylize", *inputs, "-o", out, *connection, "--token-file", secured.token_file, *quick)
     wrong = nst("stylize", *inputs, "-o", tmp_path / "no.png", *connection, *quick, env={"NST_TOKEN": "guess"})
     anonymous = nst("info", *connection)
     health = nst("health", *connection)
     by_env = nst("info", *connection, env={"NST_TOKEN": FILE_TOKEN})
-    jobs = secured.server.wait_jobs(jobs_before + 1)[jobs_before:]
+    jobs = secured.server.wait_outcomes(1, since=jobs_before)
     report("access_cli", {"stylize_right_token": done.returncode, "stylize_wrong_token": wrong.returncode,
                           "info_no_token": anonymous.returncode, "health_no_token": health.returncode,
-                          "info_token_from_env": by_env.returncode, "jobs_computed": len(jobs)})  # fmt: skip
+                          "info_token_from_env": by_env.returncode, "jobs_computed": jobs.total()})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert out.is_file()
     assert (wrong.returncode, WRONG in wrong.stderr, "UNAUTHENTICATED" in wrong.stderr) == (1, True, True), wrong.stderr
@@ -128,7 +131,7 @@ def test_cli_with_tls_and_token(secured: Secured, tmp_path: Path) -> None:
     assert (anonymous.returncode, MISSING in anonymous.stderr) == (1, True), anonymous.stderr
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING"), health.stderr
     assert by_env.returncode == 0, by_env.stderr
-    assert [outcome for _, outcome in jobs] == ["ok"]
+    assert jobs == Counter(ok=1)
 
 
 def test_start_up_log_says_tls_and_auth_are_on_and_never_shows_a_token(secured: Secured) -> None:

@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+from nst_server.testing import ServerProcess, start_server
 from PIL import Image
 
 from tests.images import encoded, picture, png, png_claiming_size
 from tests.reliability.support import report
 from tests.requests import CHEAP, assert_serves, status_of
-from tests.servers import ServerProcess, start_server
+
+pytestmark = pytest.mark.reliability
 
 MAX_EVALUATIONS = 20  # the server's --max-evaluations here
 MESSAGE_BYTES = 1 << 20  # its --max-message-bytes: requests above 2 MiB (this plus 1 MiB for the fields) are refused

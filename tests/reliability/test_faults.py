@@ -21,11 +21,13 @@ import pytest
 from grpc_health.v1 import health_pb2
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+from nst_server.testing import start_server
 from onnx import helper, numpy_helper
 
 from tests.reliability.support import report
 from tests.requests import status_of, stylize_request
-from tests.servers import start_server
+
+pytestmark = pytest.mark.reliability
 
 DRAIN_S, GRACE_S = 0.5, 5.0
 DEADLINE_S = 120.0
@@ -117,7 +119,7 @@ def test_failing_onnxruntime_run_is_internal_and_the_server_keeps_serving(faulty
                 seen[code.name] += 1
                 assert code == grpc.StatusCode.OK
         assert server.health() == health_pb2.HealthCheckResponse.SERVING
-        assert Counter(outcome for _, outcome in server.wait_jobs(4)) == {"JobError": 2, "ok": 2}
+        assert server.wait_outcomes(4) == {"InternalError": 2, "ok": 2}
     finally:
         assert server.terminate() == 0
     report("onnxruntime_failure", {"calls": sum(seen.values()), "statuses": dict(seen)})

@@ -16,11 +16,13 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+from nst_server.testing import ServerProcess, start_server
 
 from tests.images import png, png_claiming_size
 from tests.reliability.support import report
 from tests.requests import assert_serves, status_of
-from tests.servers import ServerProcess, start_server
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 MAX_EXAMPLES = 200
 # The only endings allowed: a result, or a refusal that names the problem. UNKNOWN or INTERNAL would be a bug.

@@ -17,14 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+from nst_server.testing import ServerProcess, poll_until, start_server
 
 from tests.client.support import cli_env
 from tests.images import png
 from tests.reliability.support import report, wait_idle
 from tests.requests import assert_serves, status_of, stylize_request
-from tests.servers import ServerProcess, start_server
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 CLIENTS, CALLS_EACH = 24, 3  # against --max-concurrent 1 --max-queue 2: eight times what the server holds
 DEADLINE_S = 120.0  # of every call: nothing here can hang, whatever the server does
@@ -35,16 +38,9 @@ MEMORY_JOBS, MEMORY_BASELINE_AFTER = 200, 20
 MEMORY_BOUND_MIB = 64.0  # measured growth is about 1 MiB; a leak of ~300 KiB a job would cross this
 
 
-def _outcomes(server: ServerProcess) -> Counter[str]:
-    return Counter(outcome for _, outcome in server.jobs())
-
-
 def _wait_outcome(server: ServerProcess, outcome: str, count: int, timeout_s: float = 30.0) -> None:
-    """Wait until the server has logged ``count`` jobs with ``outcome``; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while _outcomes(server)[outcome] < count:
-        assert time.monotonic() < deadline, f"fewer than {count} jobs {outcome}; log:\n{server.log()}"
-        time.sleep(0.05)
+    """Wait until the server has counted ``count`` jobs with ``outcome``; fail after ``timeout_s``."""
+    poll_until(lambda: server.outcomes()[outcome] >= count, timeout_s, f"{count} jobs {outcome}")
 
 
 def test_overload_every_call_ends_and_none_is_lost(model_dir: Path) -> None:
@@ -67,7 +63,7 @@ def test_overload_every_call_ends_and_none_is_lost(model_dir: Path) -> None:
             for future in [pool.submit(client) for _ in range(CLIENTS)]:
                 future.result(timeout=CALLS_EACH * DEADLINE_S + 60)
         seconds = time.monotonic() - started
-        logged = Counter(outcome for _, outcome in server.wait_jobs(CLIENTS * CALLS_EACH))
+        logged = server.wait_outcomes(CLIENTS * CALLS_EACH)
     finally:
         assert server.terminate() == 0
     codes = Counter(code.name for code, _ in outcomes)
@@ -141,7 +137,7 @@ def test_vanishing_clients_give_capacity_back_every_time(model_dir: Path, tmp_pa
             for mode, vanish in VANISH.items():
                 for _ in range(VANISH_REPEATS):
                     # Counted by outcome, not by position: the last good job's line may still be on its way.
-                    cancelled = _outcomes(server)["cancelled"]
+                    cancelled = server.outcomes()["cancelled"]
                     vanish(server, tmp_path)
                     _wait_outcome(server, "cancelled", cancelled + 1)
                     wait_idle(server)
@@ -170,7 +166,7 @@ def test_memory_after_200_jobs_is_within_bound_of_after_20(model_dir: Path) -> N
                 if job == MEMORY_BASELINE_AFTER:
                     baseline = server.memory_mib()
             final = server.memory_mib()
-        outcomes = Counter(outcome for _, outcome in server.wait_jobs(MEMORY_JOBS))
+        outcomes = server.wait_outcomes(MEMORY_JOBS)
     finally:
         assert server.terminate() == 0
     growth = final - baseline

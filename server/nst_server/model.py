@@ -1,0 +1,100 @@
+"""The loss model as the domain sees it: what ``pipeline`` and ``targets`` call, with no onnxruntime in sight.
+
+``graphs.LossGraphs`` is the implementation (onnxruntime sessions); these protocols let the domain name its
+types without importing it, so that ``job``, ``pipeline``, ``optimise``, ``targets``, ``images`` and ``colour``
+load without onnxruntime or grpc (tests/server/test_import_boundary.py holds them to it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .job import FloatArray
+from .manifest import LossWeights, Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Regions:
+    """Spatial control: one guide per region at the image's size, (R, H, W) in [0, 1], and a weight per region.
+
+    Each region's Gram targets come in the loss inputs' first axis, in the same order.
+    """
+
+    guides: FloatArray
+    weights: FloatArray
+
+    @classmethod
+    def everywhere(cls, shape: tuple[int, int]) -> Regions:
+        """One region covering the whole image with weight 1: the plain Gatys loss."""
+        return cls(np.ones((1, *shape), np.float32), np.ones(1, np.float32))
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """One loss and gradient evaluation. ``grad`` is the evaluator's buffer: consume it before the next call."""
+
+    loss: float
+    content: float
+    style: float
+    tv: float
+    grad: FloatArray
+
+
+class Evaluator(Protocol):
+    """Loss and gradient at one image size, with one job's targets and weights bound."""
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(1, 3, height, width) of the image it evaluates."""
+        ...
+
+    @property
+    def seconds(self) -> float:
+        """Spent inside its calls so far."""
+        ...
+
+    def __call__(self, image: npt.NDArray[np.floating]) -> Evaluation: ...
+
+
+class LossModel(Protocol):
+    """One loaded model: its manifest, its targets, and evaluators bound to a job's targets at a size."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    def targets(
+        self, image: FloatArray, guide: FloatArray | None = None, circular: bool = False
+    ) -> dict[str, FloatArray]:
+        """Content features and (guided) Gram matrices of ``image``, keyed by the loss graph's input names."""
+        ...
+
+    def evaluator(
+        self,
+        shape: tuple[int, int],
+        targets: dict[str, FloatArray],
+        loss_weights: LossWeights,
+        content_layer_weights: tuple[float, ...] | None = None,
+        style_layer_weights: tuple[float, ...] | None = None,
+        regions: Regions | None = None,
+        circular: bool = False,
+    ) -> Evaluator:
+        """An evaluator at ``shape`` (height, width) with everything but the image bound once."""
+        ...
+
+    def warm_up(self, evaluator: Evaluator, image: FloatArray) -> None:
+        """Evaluate once if this size is new to the process."""
+        ...
+
+    def release_memory(self) -> None:
+        """Hand memory held for the last job back to the system."""
+        ...

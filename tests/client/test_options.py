@@ -1,0 +1,77 @@
+"""The client's one definition of the options (StylizeOptions) against the API contract and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from nst.v1 import style_transfer_pb2 as pb
+from nst_client import Style, StyleClient, StylizeOptions
+from nst_client._convert import options_to_pb
+from nst_client.cli import build_parser, options_from_args
+
+from tests.images import png
+
+
+def test_every_field_of_the_contract_is_an_option() -> None:
+    """A StylizeOptions field added to the proto without its client option (or the reverse) fails here."""
+    assert [field.name for field in dataclasses.fields(StylizeOptions)] == [
+        field.name for field in pb.StylizeOptions.DESCRIPTOR.fields
+    ]
+    style_fields = {field.name for field in pb.StyleImage.DESCRIPTOR.fields}
+    assert {field.name for field in dataclasses.fields(Style)} == style_fields
+
+
+def test_every_option_set_reaches_the_message_and_none_leaves_it_unset() -> None:
+    every = StylizeOptions(
+        max_side_px=64, max_evaluations=5, optimizer="adam", learning_rate=0.1, content_weight=2, style_weight=3,
+        tv_weight=0, init="image", seed=4, preview_every=2, output_format="webp", lbfgs_history=7,
+        colour_preservation="histogram", scales=2, coarse_evaluations=3, init_image=png(8, 8),
+        content_layers=["relu4_2"], style_layers=["relu1_1", "relu2_1"], style_layer_weights=[1, 2], width_px=40,
+        height_px=30,
+    )  # fmt: skip
+    message = options_to_pb(every)
+    for field in pb.StylizeOptions.DESCRIPTOR.fields:
+        if field.is_repeated:
+            assert len(getattr(message, field.name)) > 0, field.name
+        else:
+            assert message.HasField(field.name) if field.has_presence else getattr(message, field.name), field.name
+    assert message.optimizer == pb.OPTIMIZER_ADAM
+    assert message.colour_preservation == pb.COLOUR_PRESERVATION_HISTOGRAM
+    assert message.output_format == pb.IMAGE_FORMAT_WEBP
+    assert list(message.style_layer_weights) == [1.0, 2.0]
+    assert options_to_pb(StylizeOptions()) == pb.StylizeOptions()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optimizer": "sgd"}, "optimizer: 'sgd' is not allowed; allowed: 'lbfgs', 'adam'"),
+        ({"init": "photo"}, "init: 'photo' is not allowed; allowed: 'content', 'gray', 'noise', 'image'"),
+        ({"seed": -1}, "seed: expected an integer >= 0"),
+        ({"max_side_px": True}, "max_side_px: expected an integer >= 0"),
+        ({"learning_rate": float("nan")}, "learning_rate: expected a number"),
+        ({"style_layers": "relu1_1"}, "style_layers: expected a sequence"),
+        ({"content_layers": [""]}, "content_layers: expected non-empty strings"),
+        ({"style_layer_weights": [1, float("inf")]}, "style_layer_weights: expected finite numbers"),
+    ],
+)
+def test_bad_values_are_refused_before_any_call(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        options_to_pb(StylizeOptions(**change))  # type: ignore[arg-type]  # deliberately ill-typed values
+
+
+def test_an_unknown_keyword_is_a_type_error() -> None:
+    with StyleClient("127.0.0.1:1") as client, pytest.raises(TypeError, match="iterations"):
+        client.stylize(png(8, 8), png(8, 8), iterations=3)
+
+
+def test_every_option_has_a_cli_flag() -> None:
+    """Each option but the output format (OUT's extension) is a flag whose dest is the option's name."""
+    parser = build_parser()
+    args = parser.parse_args(["stylize", "c.png", "s.png", "-o", "out.png"])
+    names = {field.name for field in dataclasses.fields(StylizeOptions)} - {"output_format"}
+    assert names <= set(vars(args)), names - set(vars(args))
+    assert options_from_args(args, "png") == StylizeOptions(output_format="png")
+    renamed = parser.parse_args(["stylize", "c.png", "-o", "o.png", "--iterations", "7", "--coarse-iterations", "2"])
+    assert (renamed.max_evaluations, renamed.coarse_evaluations) == (7, 2)  # the old names still work
