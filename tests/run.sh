@@ -26,6 +26,9 @@ echo "== ruff"
 ruff check .
 ruff format --check .
 
+echo "== mypy --strict (server/, client/, export/, protos/nst/v1/*.pyi; settings in pyproject.toml)"
+mypy
+
 echo "== API contract (buf)"
 bash .ci/check_protos.sh
 

@@ -156,7 +156,8 @@ class StyleClient:
                 self._metadata = (("authorization", f"Bearer {token}"),)
             self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = pb_grpc.StyleTransferServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        # types-grpcio-health-checking's HealthStub declares no methods: the stub is used as the Any it is.
+        self._health: Any = health_pb2_grpc.HealthStub(self._channel)
 
     def describe(self, *, timeout_s: float | None = None) -> ServerInfo:
         """The models the server runs (the first is its default) and the limits it enforces.

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -22,10 +22,12 @@ from PIL import Image
 
 from ._types import (
     Event,
+    ImageFormatName,
     ImageInput,
     Limits,
     Losses,
     ModelInfo,
+    OptimizerName,
     Preview,
     Progress,
     Queued,
@@ -105,14 +107,17 @@ def _sequence(name: str, value: object) -> list[Any]:
     return list(value)
 
 
-def _enum_values(field: FieldDescriptor) -> dict[str, int]:
-    """A protobuf enum's values by the client's name for them: OPTIMIZER_LBFGS -> "lbfgs" (UNSPECIFIED left out)."""
-    prefix = f"{field.enum_type.values[0].name.removesuffix('UNSPECIFIED')}"
-    return {value.name.removeprefix(prefix).lower(): value.number for value in field.enum_type.values if value.number}
+def enum_values(option: str) -> dict[str, int]:
+    """An enum option's values by the client's name for them: OPTIMIZER_LBFGS -> "lbfgs" (UNSPECIFIED left out)."""
+    enum = _FIELDS[option].enum_type
+    assert enum is not None, f"{option} is not an enum field"
+    prefix = enum.values[0].name.removesuffix("UNSPECIFIED")
+    return {value.name.removeprefix(prefix).lower(): value.number for value in enum.values if value.number}
 
 
-_OPTIMIZER_NAMES = {number: name for name, number in _enum_values(_FIELDS["optimizer"]).items()}
-_FORMAT_NAMES = {number: name for name, number in _enum_values(_FIELDS["output_format"]).items()}
+# The enum's names are exactly the Literal types' values (tests/client/test_options.py checks it), hence the casts.
+_OPTIMIZER_NAMES = {number: cast(OptimizerName, name) for name, number in enum_values("optimizer").items()}
+_FORMAT_NAMES = {number: cast(ImageFormatName, name) for name, number in enum_values("output_format").items()}
 
 
 def _check_int(name: str, value: object) -> int:
@@ -140,7 +145,7 @@ def options_to_pb(options: StylizeOptions) -> pb.StylizeOptions:
             continue
         field = _FIELDS[name]
         if field.type == FieldDescriptor.TYPE_ENUM:
-            table = _enum_values(field)
+            table = enum_values(name)
             if value not in table:
                 raise ValueError(f"{name}: {value!r} is not allowed; allowed: {', '.join(map(repr, table))}")
             setattr(message, name, table[value])
@@ -225,7 +230,7 @@ def to_event(response: pb.StylizeResponse) -> Event | None:
     return None
 
 
-def _format(value: int) -> Any:
+def _format(value: int) -> ImageFormatName:
     return _FORMAT_NAMES.get(value, "png")  # the contract says "resolved: never unspecified"; PNG is its default
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 # An image as the library takes it: a path, encoded bytes, a PIL image or an HxWx3 array.
-ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image | np.ndarray[Any, Any]
+ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | np.ndarray[Any, Any]
 
 OptimizerName = Literal["lbfgs", "adam"]
 InitName = Literal["content", "gray", "noise", "image"]
@@ -36,8 +36,10 @@ class StyleTransferError(Exception):
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> StyleTransferError:
         """The error for a failed gRPC call (a ``grpc.Call``, which every RpcError from a stub is)."""
-        code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-        details = error.details() if isinstance(error, grpc.Call) else None
+        # The stubs type RpcError and Call apart, so that their mix (what a stub raises) reads as impossible to mypy.
+        call: Any = error
+        code = call.code() if isinstance(call, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = call.details() if isinstance(call, grpc.Call) else None
         return cls(details or code.name, code)
 
     def __repr__(self) -> str:

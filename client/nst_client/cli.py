@@ -179,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except KeyboardInterrupt:
         # The with-blocks have cancelled the call by now: the server stops the job.
         print("nst: interrupted; job cancelled" if args.command == "stylize" else "nst: interrupted", file=sys.stderr)
@@ -230,11 +231,10 @@ def _connect(args: argparse.Namespace) -> StyleClient:
 
 def _stylize(args: argparse.Namespace) -> int:
     out: Path = args.output
+    parser: argparse.ArgumentParser = args.parser
     output_format = _OUTPUT_FORMATS.get(out.suffix.lower())
     if output_format is None:
-        args.parser.error(
-            f"OUT must end in {', '.join(_OUTPUT_FORMATS)} (the output format follows it), not {out.name!r}"
-        )
+        parser.error(f"OUT must end in {', '.join(_OUTPUT_FORMATS)} (the output format follows it), not {out.name!r}")
     if not out.parent.is_dir():  # fail now, not after the whole job
         raise _Failure(f"cannot write {out}: no directory {out.parent}")
     content: Path | None = None if args.texture else args.content

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 import torch
-from nst_server.manifest import Manifest
+from nst_server.manifest import Manifest, Preprocessing
 
 from .onnx_graphs import OPSET, write_graphs
 from .parity import check_parity, random_images
@@ -33,10 +33,10 @@ log = logging.getLogger("nst_export")
 # Non-square and not a multiple of 16, so that pooling's dropped edges are part of the check.
 PARITY_SIZE = (37, 53)
 # The plain loss (no regions), two guided regions, and the circular-padding graphs.
-PARITY_VARIANTS: dict[str, dict[str, bool]] = {
-    "plain": {},
-    "guided": {"guided": True},
-    "circular": {"circular": True},
+PARITY_VARIANTS: dict[str, tuple[bool, bool]] = {  # (guided, circular)
+    "plain": (False, False),
+    "guided": (True, False),
+    "circular": (False, True),
 }
 
 RANDOM_WARNING = (
@@ -99,7 +99,7 @@ def _exporter() -> str:
     return f"nst_export {ours} (onnx {onnx.__version__}, torch {torch.__version__})"
 
 
-def _load_model(args: argparse.Namespace, model: VGG19Features) -> tuple[str, str]:
+def _load_model(args: argparse.Namespace, model: VGG19Features) -> tuple[str, Preprocessing]:
     """Fill ``model`` with the requested weights; return (weights name, preprocessing)."""
     if args.weights == "random":
         init_random(model, args.seed)
@@ -146,8 +146,9 @@ def export(args: argparse.Namespace) -> Path:
     staging = _staging_dir(out)
     try:
         write_graphs(model, manifest, staging)
-        for variant, options in PARITY_VARIANTS.items():
-            report = check_parity(staging, model, *random_images(*PARITY_SIZE, seed=args.seed), **options)
+        for variant, (guided, circular) in PARITY_VARIANTS.items():
+            images = random_images(*PARITY_SIZE, seed=args.seed)
+            report = check_parity(staging, model, *images, guided=guided, circular=circular)
             if not report.passed:
                 raise ExportError(f"parity check ({variant}) against PyTorch failed: {report}; nothing was written")
             log.info("parity with PyTorch autograd at %dx%d (%s): %s", *PARITY_SIZE, variant, report)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -57,11 +58,11 @@ class _Builder:
         self._count += 1
         return f"{hint}_{self._count}"
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: object) -> str:
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: Any) -> str:
         """Add a node and return its (first) output name."""
         return self.op_multi(op_type, *inputs, outputs=outputs, **attrs)[0]
 
-    def op_multi(self, op_type: str, *inputs: str, outputs: int, **attrs: object) -> list[str]:
+    def op_multi(self, op_type: str, *inputs: str, outputs: int, **attrs: Any) -> list[str]:
         names = [self.fresh(op_type.lower()) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
         return names
@@ -252,6 +253,7 @@ def _pool_backward(b: _Builder, grad: str, layer_input: str, pooled: str, poolin
     taken: str | None = None
     for position, window in enumerate(windows):
         if position == 3:
+            assert taken is not None  # set by the three windows before
             chosen = b.op("Not", taken)
         else:
             is_max = b.op("Equal", window, pooled)
@@ -332,7 +334,13 @@ def _scalar_info(name: str) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [])
 
 
-def _model(b: _Builder, name: str, inputs: list, outputs: list, manifest: mf.Manifest) -> onnx.ModelProto:
+def _model(
+    b: _Builder,
+    name: str,
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    manifest: mf.Manifest,
+) -> onnx.ModelProto:
     graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.initializers)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nst_export", ir_version=IR_VERSION
@@ -476,12 +484,12 @@ def build_loss_graph(
     for tensor, name in zip((total, content_loss, style_loss, tv_loss, image_grad), mf.LOSS_OUTPUTS, strict=True):
         b.output(tensor, name)
 
-    layer = {layer.name: layer for layer in model.layers}
+    layer_named = {layer.name: layer for layer in model.layers}
     inputs = [
         _image_input(),
-        *(_feature_info(mf.content_target_name(n), layer[n]) for n in manifest.content_layers),
+        *(_feature_info(mf.content_target_name(n), layer_named[n]) for n in manifest.content_layers),
         *(
-            (_region_gram_info if guided else _gram_info)(mf.gram_target_name(n), layer[n])
+            (_region_gram_info if guided else _gram_info)(mf.gram_target_name(n), layer_named[n])
             for n in manifest.style_layers
         ),
         *(

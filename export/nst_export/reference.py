@@ -3,9 +3,16 @@
 x is an RGB image in [0, 1], shape (1, 3, H, W). F_l(x) is the ReLU output of layer l seen as an
 N_l x M_l matrix (N_l channels, M_l = H_l * W_l positions).
 - content: L_c = sum_l c_l * mean((F_l(x) - P_l)^2)
+  [departs from Gatys: the paper has 1/2 * sum, not the mean over N_l M_l entries]
 - style: G_l = F_l F_l^T / (N_l M_l), L_s = sum_l w_l * mean((G_l(x) - A_l)^2)
+  [departs from Gatys: the paper's G_l = F_l F_l^T is not normalised and its E_l = sum (G - A)^2 / (4 N_l^2 M_l^2);
+  normalising G by N_l M_l and taking the mean over its N_l^2 entries gives 4 E_l / N_l^2, i.e. the paper's loss
+  with layer l weighted 4 / N_l^2 more; w_l are then chosen equal]
 - total variation: L_tv = mean(vertical differences^2) + mean(horizontal differences^2)
+  [not in Gatys 2016: a smoothness prior (Mahendran and Vedaldi), off with gamma = 0]
 - total: L = alpha L_c + beta L_s + gamma L_tv
+Mean-normalised terms keep alpha and beta meaningful across image sizes and layer choices (as in crowsonkb's
+style-transfer and PyTorch's neural-style tutorial); the manifest's default weights assume them.
 
 Spatial control (Gatys et al. 2017): region r's guide T_r, averaged 2x2 at every pooling to each layer's grid,
 weights the features' columns: G_r = (F T_r)(F T_r)^T / (N sum_m T_r[m]^2), and
@@ -125,7 +132,7 @@ class LossTerms:
 def total_variation(x: torch.Tensor, circular: bool = False) -> torch.Tensor:
     """L_tv: mean squared difference of vertical neighbours plus that of horizontal ones (wrapping if circular)."""
     if circular:
-        return sum((torch.roll(x, -1, dims=d) - x).square().mean() for d in (2, 3))  # type: ignore[return-value]
+        return sum((torch.roll(x, -1, dims=d) - x).square().mean() for d in (2, 3))  # type: ignore[return-value]  # sum() of tensors is a tensor; its typing allows sum's int 0
     vertical = x[..., 1:, :] - x[..., :-1, :]
     horizontal = x[..., :, 1:] - x[..., :, :-1]
     return vertical.square().mean() + horizontal.square().mean()

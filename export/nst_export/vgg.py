@@ -97,7 +97,13 @@ class VGG19Features(nn.Module):
     def conv_parameters(self) -> list[tuple[Layer, torch.Tensor, torch.Tensor]]:
         """Each conv layer with its weight and bias, in order."""
         return [
-            (layer, module.weight.detach(), module.bias.detach())
+            (layer, module.weight.detach(), _bias(module).detach())
             for layer, module in zip(self.layers, self.features, strict=True)
             if isinstance(module, nn.Conv2d)
         ]
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """A VGG convolution's bias: every one has one (torch types it optional for convolutions built without)."""
+    assert conv.bias is not None
+    return conv.bias

@@ -126,7 +126,8 @@ def init_random(model: VGG19Features, seed: int) -> None:
                 fan_out = module.out_channels * module.kernel_size[0] * module.kernel_size[1]
                 std = (2.0 / fan_out) ** 0.5
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
-                module.bias.zero_()
+                if module.bias is not None:  # always, in VGG
+                    module.bias.zero_()
 
 
 def weights_sha256(model: VGG19Features) -> str:

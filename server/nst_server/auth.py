@@ -88,31 +88,31 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method: str = handler_call_details.method  # "/package.Service/Method"
         handler = await continuation(handler_call_details)
         if handler is None or method.split("/")[1] in self._open:
             return handler  # unknown methods stay UNIMPLEMENTED
-        given = _bearer(handler_call_details.invocation_metadata)  # type: ignore[arg-type]
+        given = _bearer(handler_call_details.invocation_metadata)
         if given is not None and hmac.compare_digest(given.encode(), self._token):
             return handler
         return _refusal(handler, method, MISSING if given is None else WRONG)
 
 
-def _refusal(handler: grpc.RpcMethodHandler, method: str, message: str) -> grpc.RpcMethodHandler:
+def _refusal(handler: grpc.RpcMethodHandler[Any, Any], method: str, message: str) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that only aborts; the request is left undeserialised."""
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         log.warning("refused %s from %s: %s", method, context.peer(), message.split(":")[0])
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    factories = {
+    factories: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
     factory = factories[(handler.request_streaming, handler.response_streaming)]
-    return factory(refuse, response_serializer=handler.response_serializer)  # type: ignore[operator]
+    return factory(refuse, response_serializer=handler.response_serializer)

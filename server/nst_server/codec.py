@@ -37,25 +37,25 @@ from .model import LossModel
 
 T = TypeVar("T")
 
-_OPTIMIZERS = {
+_OPTIMIZERS: dict[int, Optimizer] = {
     pb.OPTIMIZER_UNSPECIFIED: Optimizer.LBFGS,
     pb.OPTIMIZER_LBFGS: Optimizer.LBFGS,
     pb.OPTIMIZER_ADAM: Optimizer.ADAM,
 }
-_INITS = {
+_INITS: dict[int, Init | None] = {
     pb.INIT_UNSPECIFIED: None,  # job.default_init decides, from the images the request has
     pb.INIT_CONTENT: Init.CONTENT,
     pb.INIT_GRAY: Init.GRAY,
     pb.INIT_NOISE: Init.NOISE,
     pb.INIT_IMAGE: Init.IMAGE,
 }
-_FORMATS = {
+_FORMATS: dict[int, ImageFormat] = {
     pb.IMAGE_FORMAT_UNSPECIFIED: ImageFormat.PNG,
     pb.IMAGE_FORMAT_PNG: ImageFormat.PNG,
     pb.IMAGE_FORMAT_JPEG: ImageFormat.JPEG,
     pb.IMAGE_FORMAT_WEBP: ImageFormat.WEBP,
 }
-_COLOUR = {
+_COLOUR: dict[int, ColourPreservation] = {
     pb.COLOUR_PRESERVATION_UNSPECIFIED: ColourPreservation.NONE,
     pb.COLOUR_PRESERVATION_NONE: ColourPreservation.NONE,
     pb.COLOUR_PRESERVATION_LUMINANCE: ColourPreservation.LUMINANCE,

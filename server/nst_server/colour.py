@@ -21,7 +21,8 @@ _EPSILON = 1e-5  # keeps the covariance of a flat image invertible
 
 
 def _apply(matrix: np.ndarray, image: FloatArray) -> np.ndarray:
-    return np.einsum("ij,bjhw->bihw", matrix, image.astype(np.float64))
+    applied: np.ndarray = np.einsum("ij,bjhw->bihw", matrix, image.astype(np.float64))  # einsum is typed Any
+    return applied
 
 
 def to_ycbcr(rgb: FloatArray) -> np.ndarray:
@@ -30,7 +31,8 @@ def to_ycbcr(rgb: FloatArray) -> np.ndarray:
 
 
 def _to_rgb(ycbcr: np.ndarray) -> FloatArray:
-    return np.clip(_apply(_YCBCR_TO_RGB, ycbcr), 0.0, 1.0).astype(np.float32)
+    rgb: FloatArray = np.clip(_apply(_YCBCR_TO_RGB, ycbcr), 0.0, 1.0).astype(np.float32)
+    return rgb
 
 
 def luminance_style(style: FloatArray, content: FloatArray) -> FloatArray:
@@ -62,4 +64,5 @@ def match_colours(style: FloatArray, content: FloatArray) -> FloatArray:
     _, style_inverse_root = _sqrt_and_inverse_sqrt(np.cov(style_pixels))
     content_root, _ = _sqrt_and_inverse_sqrt(np.cov(content_pixels))
     mapped = content_root @ style_inverse_root @ (style_pixels - style_mean) + content_mean
-    return np.clip(mapped, 0.0, 1.0).reshape(style.shape).astype(np.float32)
+    matched: FloatArray = np.clip(mapped, 0.0, 1.0).reshape(style.shape).astype(np.float32)
+    return matched

@@ -130,7 +130,8 @@ class SessionEvaluator:
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return self._image.shape  # type: ignore[return-value]
+        batch, channels, height, width = self._image.shape
+        return batch, channels, height, width
 
     def __call__(self, image: npt.NDArray[np.floating]) -> Evaluation:
         """Evaluate at ``image`` (any float dtype, any shape with the same number of elements)."""
@@ -243,10 +244,11 @@ class LossGraphs:
             return self._targets, self._loss
         with self._circular_lock:
             if self._circular is None:
-                self._circular = tuple(  # type: ignore[assignment]
+                targets, loss = (
                     _session(self._dir / name, _session_options(self._threads), self._providers)
                     for name in (mf.CIRCULAR_TARGETS_FILE, mf.CIRCULAR_LOSS_FILE)
                 )
+                self._circular = (targets, loss)
                 log.info("loaded the circular-padding graphs of %s", self.name)
             assert self._circular is not None
             return self._circular

@@ -10,7 +10,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidRequest
 from .job import FloatArray, ImageFormat
@@ -30,7 +30,7 @@ def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
+            image: Image.Image = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise InvalidRequest(
@@ -44,7 +44,7 @@ def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
         raise InvalidRequest(
             f"{field}: refused before decoding, {error}; this server's limit is {max_pixels} pixels"
         ) from error
-    except Image.UnidentifiedImageError as error:
+    except UnidentifiedImageError as error:
         raise InvalidRequest(
             f"{field}: not an image in a format this server decodes ({', '.join(DECODABLE_FORMATS)})"
         ) from error
@@ -82,7 +82,8 @@ def resize(array: FloatArray, size: tuple[int, int]) -> FloatArray:
     channels = [
         np.asarray(Image.fromarray(channel, "F").resize(size, Image.Resampling.LANCZOS)) for channel in array[0]
     ]
-    return np.clip(np.stack(channels)[np.newaxis], 0.0, 1.0).astype(np.float32)
+    resized: FloatArray = np.clip(np.stack(channels)[np.newaxis], 0.0, 1.0).astype(np.float32)
+    return resized
 
 
 def encode(array: FloatArray, image_format: ImageFormat) -> bytes:

@@ -62,10 +62,11 @@ class LossWeights:
     tv: float
 
 
-# The terms are means (see the export issue's formula), so for ImageNet-normalised inputs these are the
-# balance of PyTorch's neural-style tutorial, which uses the same normalisation. Caffe weights see inputs
-# about 58x larger (0-255 without the std division); features scale with it, content loss by 58^2 and
-# style loss by 58^4, so its defaults are rescaled to give the same balance.
+# The terms are means: L_c = mean((F - P)^2), L_s = sum_l w_l mean((G_l - A_l)^2) with G = F F^T / (N M), L_tv =
+# mean squared neighbour differences (nst_export.reference states them and where they depart from Gatys). For
+# ImageNet-normalised inputs these are the balance of PyTorch's neural-style tutorial, which uses the same terms.
+# Caffe weights see inputs about 58x larger (0-255 without the std division); features scale with it, content
+# loss by 58^2 and style loss by 58^4, so its defaults are rescaled to give the same balance.
 _CAFFE_SCALE = 255.0 * 0.226
 DEFAULT_LOSS_WEIGHTS: dict[str, LossWeights] = {
     "imagenet": LossWeights(content=1.0, style=1e6, tv=10.0),

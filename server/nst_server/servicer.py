@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from nst.v1 import style_transfer_pb2 as pb
@@ -71,12 +72,12 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         self._stopped: JobError | None = None  # set by stop_all: a job that starts after it stops at once
 
     async def DescribeModel(  # noqa: N802 (gRPC's method name)
-        self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DescribeModelResponse:
         return codec.describe(self._models, self._config)
 
     async def Stylize(  # noqa: N802
-        self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext
+        self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.StylizeResponse]:
         job_id = uuid.uuid4().hex[:12]
         received = time.perf_counter()
@@ -190,12 +191,10 @@ def _run_job(
 
 def _log_job(job_id: str, job: Job | None, last: Progress | Result | None, outcome: str, seconds: float) -> None:
     """One logfmt line per job, whatever its ending."""
-    fields = {"id": job_id, "outcome": outcome, "seconds": f"{seconds:.3f}"}
+    fields: dict[str, object] = {"id": job_id, "outcome": outcome, "seconds": f"{seconds:.3f}"}
     if job is not None:
         fields |= {"model": job.model, "size": f"{job.size[0]}x{job.size[1]}"}
     if last is not None:
-        fields |= {
-            "iterations": getattr(last, "iterations", getattr(last, "iteration", 0)),
-            "evaluations": last.evaluations,
-        }
+        iterations = last.iterations if isinstance(last, Result) else last.iteration
+        fields |= {"iterations": iterations, "evaluations": last.evaluations}
     log.info("job %s", " ".join(f"{key}={value}" for key, value in fields.items()))

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .__main__ import build_parser, config_from_args
 from .app import Server, create_server
-from .config import ServerConfig
+from .config import Device, ServerConfig
 from .graphs import LossGraphs
 from .model import LossModel
 
@@ -43,7 +43,7 @@ _METRICS = re.compile(r"metrics on ([\d.]+:\d+)")
 _FINISHED = "nst_jobs_finished_total"
 
 
-def poll_until(predicate: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
+def poll_until(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
     """``predicate()``'s first truthy value, asking every ``interval_s``; AssertionError naming ``what`` after
     ``timeout_s``. The timeout only bounds a wait for something that must happen: it never measures anything."""
     deadline = time.monotonic() + timeout_s
@@ -116,10 +116,20 @@ class _Harness:
         except AssertionError as error:
             raise AssertionError(f"{error} (have {dict(self.outcomes() - before)}); log:\n{self.log()}") from None
 
+    def wait_outcome(self, outcome: str, since: Counter[str], timeout_s: float = 30.0) -> None:
+        """Wait until a call has finished with ``outcome`` after ``since`` (an earlier ``outcomes()``), whatever
+        else finished meanwhile."""
+        try:
+            poll_until(lambda: (self.outcomes() - since)[outcome] >= 1, timeout_s, f"a job to end {outcome}")
+        except AssertionError as error:
+            raise AssertionError(f"{error} (have {dict(self.outcomes() - since)}); log:\n{self.log()}") from None
+
     def health(self, service: str = "") -> int:
         with grpc.insecure_channel(self.address) as channel:
             request = health_pb2.HealthCheckRequest(service=service)
-            status: int = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+            # types-grpcio-health-checking's HealthStub declares no methods: the stub is used as the Any it is.
+            stub: Any = health_pb2_grpc.HealthStub(channel)
+            status: int = stub.Check(request, timeout=5).status
             return status
 
 
@@ -160,8 +170,12 @@ class ServerProcess(_Harness):
             return parse_samples(response.read().decode())
 
     def terminate(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM, then the exit status (killing it if it hangs, which fails the caller's assertion)."""
-        if self.process.poll() is None:
+        """SIGTERM, then the exit status (killing it if it hangs, which fails the caller's assertion).
+
+        A server that is already shutting down (a test sent the signal) is only waited for: a second SIGTERM that
+        lands after its event loop has closed would meet the default disposition and kill it.
+        """
+        if self.process.poll() is None and not any("shutting down" in line for line in self.log_lines()):
             self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=timeout_s)
@@ -283,12 +297,12 @@ _loaded: dict[tuple[Path, str, int], LossGraphs] = {}
 _loaded_lock = threading.Lock()
 
 
-def load_model(model_dir: Path, device: str = "cpu", threads: int = 0) -> LossGraphs:
+def load_model(model_dir: Path, device: Device = "cpu", threads: int = 0) -> LossGraphs:
     """A model directory's graphs, loaded once per process: in-process servers share them as jobs do."""
     key = (Path(model_dir).resolve(), device, threads)
     with _loaded_lock:
         if key not in _loaded:
-            _loaded[key] = LossGraphs(Path(model_dir), device, threads)  # type: ignore[arg-type]  # checked by argparse
+            _loaded[key] = LossGraphs(Path(model_dir), device, threads)
         return _loaded[key]
 
 

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from nst_export.vgg import DEFAULT_STYLE_LAYERS, layers_up_to
 
 from bench.flops import convolution_flops, evaluation_flops
+
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,18 +6,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nst_server.testing import ServerProcess, start_server
+from nst_server.testing import InProcessServer, running_server
 
 from tests.client.support import Inputs, Recorder, RecordingServer, serve_recorder
 from tests.images import png
 
 
 @pytest.fixture(name="server", scope="module")
-def _server(model_dir: Path) -> Iterator[ServerProcess]:
-    """One slot and one queue place, so a job left running would visibly block the next."""
-    server = start_server([model_dir], "--max-concurrent", "1", "--max-queue", "1", "--drain", "0")
-    yield server
-    assert server.terminate() == 0
+def _server(model_dir: Path) -> Iterator[InProcessServer]:
+    """One slot and one queue place, so a job left running would visibly block the next (in this process)."""
+    with running_server([model_dir], "--max-concurrent", "1", "--max-queue", "1", "--drain", "0") as server:
+        yield server
 
 
 @pytest.fixture(name="inputs", scope="session")

@@ -75,3 +75,19 @@ def test_every_option_has_a_cli_flag() -> None:
     assert options_from_args(args, "png") == StylizeOptions(output_format="png")
     renamed = parser.parse_args(["stylize", "c.png", "-o", "o.png", "--iterations", "7", "--coarse-iterations", "2"])
     assert (renamed.max_evaluations, renamed.coarse_evaluations) == (7, 2)  # the old names still work
+
+
+def test_enum_names_are_the_literal_types() -> None:
+    """The names the client derives from the protobuf enums are exactly its Literal types' values."""
+    import typing
+
+    from nst_client import _types
+    from nst_client._convert import enum_values
+
+    for option, literal in (
+        ("optimizer", _types.OptimizerName),
+        ("init", _types.InitName),
+        ("output_format", _types.ImageFormatName),
+        ("colour_preservation", _types.ColourPreservationName),
+    ):
+        assert tuple(enum_values(option)) == typing.get_args(literal), option

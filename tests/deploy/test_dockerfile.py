@@ -72,6 +72,7 @@ def test_image_command_parses(target: str) -> None:
     assert probe_timeout_s < float(stage.healthcheck_options["timeout"].removesuffix("s"))
 
 
+@pytest.mark.slow
 def test_image_command_serves_is_healthy_and_stops_on_sigterm(model_dir: Path) -> None:
     """The cpu image's command serves, its HEALTHCHECK exits 0, then after SIGTERM it fails and the server exits 0."""
     stage = stages()["cpu"]

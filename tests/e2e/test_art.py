@@ -12,11 +12,13 @@ import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from nst_server.colour import to_ycbcr
-from nst_server.testing import ServerProcess, start_server
+from nst_server.testing import InProcessServer, running_server
 from PIL import Image
 
 from tests.images import encoded, picture
 from tests.reference_losses import first_losses, tensor
+
+pytestmark = pytest.mark.slow
 
 CONTENT = picture(64, 48, seed=4)
 STYLE_A = picture(64, 40, seed=5)
@@ -24,14 +26,13 @@ STYLE_B = picture(48, 64, seed=6)
 
 
 @pytest.fixture(name="server", scope="module")
-def _server(model_dir: Path, caffe_avg_model_dir: Path) -> Iterator[ServerProcess]:
-    server = start_server([model_dir, caffe_avg_model_dir], "--max-concurrent", "1")
-    yield server
-    assert server.terminate() == 0
+def _server(model_dir: Path, caffe_avg_model_dir: Path) -> Iterator[InProcessServer]:
+    with running_server([model_dir, caffe_avg_model_dir], "--max-concurrent", "1", "--drain", "0") as server:
+        yield server
 
 
 @pytest.fixture(name="stub")
-def _stub(server: ServerProcess) -> Iterator[pb_grpc.StyleTransferServiceStub]:
+def _stub(server: InProcessServer) -> Iterator[pb_grpc.StyleTransferServiceStub]:
     with grpc.insecure_channel(server.address) as channel:
         yield pb_grpc.StyleTransferServiceStub(channel)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from nst_server.testing import start_server
 
 from tests.images import png
+
+pytestmark = pytest.mark.slow
 
 AGE_S = 0.5
 

@@ -1,4 +1,5 @@
-"""The real `nst-server` process over real gRPC: the stream, the losses, limits, bad input, health, shutdown."""
+"""The server over real gRPC: the stream, the losses, limits, bad input, health (in this process), and shutdown on
+SIGTERM (a real `nst-server` process, for its signals and exit status)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
-from nst_server.testing import ServerProcess, start_server
+from nst_server.testing import InProcessServer, running_server, start_server
 from PIL import Image
 
 from tests.images import encoded, picture, png, png_claiming_size
@@ -28,14 +29,14 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture(name="server", scope="module")
-def _server(model_dir: Path) -> Iterator[ServerProcess]:
-    server = start_server([model_dir], "--max-concurrent", "1", "--max-queue", "1", "--max-evaluations", "100000")
-    yield server
-    assert server.terminate() == 0
+def _server(model_dir: Path) -> Iterator[InProcessServer]:
+    limits = ("--max-concurrent", "1", "--max-queue", "1", "--max-evaluations", "100000")
+    with running_server([model_dir], *limits, "--drain", "0") as server:
+        yield server
 
 
 @pytest.fixture(name="stub")
-def _stub(server: ServerProcess) -> Iterator[pb_grpc.StyleTransferServiceStub]:
+def _stub(server: InProcessServer) -> Iterator[pb_grpc.StyleTransferServiceStub]:
     with grpc.insecure_channel(server.address) as channel:
         yield pb_grpc.StyleTransferServiceStub(channel)
 
@@ -94,7 +95,7 @@ def test_describe_model(stub: pb_grpc.StyleTransferServiceStub, model_dir: Path)
     assert (described.limits.max_concurrent, described.limits.max_queue) == (1, 1)
 
 
-def test_health_and_reflection(server: ServerProcess) -> None:
+def test_health_and_reflection(server: InProcessServer) -> None:
     """Health answers SERVING for the server and the service; reflection lists the service."""
     assert server.health() == SERVING
     assert server.health("nst.v1.StyleTransferService") == SERVING
@@ -109,8 +110,9 @@ def _first_event(call: Iterator[pb.StylizeResponse]) -> str:
     return next(call).WhichOneof("event")
 
 
-def test_cancel_frees_the_slot_for_the_queue(stub: pb_grpc.StyleTransferServiceStub, server: ServerProcess) -> None:
+def test_cancel_frees_the_slot_for_the_queue(stub: pb_grpc.StyleTransferServiceStub, server: InProcessServer) -> None:
     """With one slot and one queue place: a third call is refused; cancelling the first starts the second."""
+    before = server.outcomes()
     long_job = _request(128, 128, max_side_px=128, max_evaluations=5000, optimizer=pb.OPTIMIZER_ADAM)
     first = stub.Stylize(long_job, timeout=300)
     assert _first_event(first) == "started"
@@ -128,10 +130,10 @@ def test_cancel_frees_the_slot_for_the_queue(stub: pb_grpc.StyleTransferServiceS
     kinds = [kind for kind, _ in _events(second)]
     assert kinds[0] == "started"
     assert kinds[-1] == "result"
-    server.wait_logged(r"outcome=cancelled")
+    server.wait_outcome("cancelled", since=before)
 
 
-def test_deadline_stops_the_job(stub: pb_grpc.StyleTransferServiceStub, server: ServerProcess) -> None:
+def test_deadline_stops_the_job(stub: pb_grpc.StyleTransferServiceStub, server: InProcessServer) -> None:
     """A call past its deadline ends DEADLINE_EXCEEDED and its slot serves the next job."""
     long_job = _request(128, 128, max_side_px=128, max_evaluations=5000, optimizer=pb.OPTIMIZER_ADAM)
     with pytest.raises(grpc.RpcError) as expired:
@@ -219,8 +221,7 @@ def test_bad_input_is_invalid_argument(stub: pb_grpc.StyleTransferServiceStub, c
 
 def test_message_over_the_limit_is_refused(model_dir: Path) -> None:
     """A request larger than the configured message limit is refused with RESOURCE_EXHAUSTED."""
-    server = start_server([model_dir], "--max-message-bytes", "1000")
-    try:
+    with running_server([model_dir], "--max-message-bytes", "1000", "--drain", "0") as server:
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.StyleTransferServiceStub(channel)
             request = _request()
@@ -228,10 +229,9 @@ def test_message_over_the_limit_is_refused(model_dir: Path) -> None:
             with pytest.raises(grpc.RpcError) as error:
                 list(stub.Stylize(request, timeout=60))
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    finally:
-        assert server.terminate() == 0
 
 
+@pytest.mark.slow
 def test_sigterm_drains_then_cancels_with_a_clear_status(model_dir: Path) -> None:
     """SIGTERM: health NOT_SERVING, new jobs refused, a running job cancelled after the grace period, exit 0."""
     server = start_server([model_dir], "--drain", "1.5", "--grace", "1")
@@ -261,6 +261,7 @@ def test_sigterm_drains_then_cancels_with_a_clear_status(model_dir: Path) -> Non
     assert server.process.wait(timeout=60) == 0
 
 
+@pytest.mark.slow
 def test_sigterm_lets_a_short_job_finish(model_dir: Path) -> None:
     """A job still running when the drain begins (the server says so) completes normally after SIGTERM."""
     server = start_server([model_dir], "--drain", "0", "--grace", "60")

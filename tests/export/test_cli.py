@@ -14,6 +14,8 @@ from nst_export.cli import main
 from nst_export.onnx_graphs import IR_VERSION, MIN_ONNXRUNTIME
 from nst_server.manifest import LOSS_FILE, METADATA_KEY, MIN_ONNXRUNTIME_KEY, TARGETS_FILE, Manifest
 
+pytestmark = pytest.mark.slow
+
 
 def _manifest(path: Path) -> Manifest:
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

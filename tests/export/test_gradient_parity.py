@@ -11,6 +11,8 @@ from nst_export.vgg import VGG19Features
 from nst_export.weights import init_random, load_into, read_state_dict
 from nst_server.graphs import LossGraphs
 
+pytestmark = pytest.mark.slow
+
 SIZES = [(48, 48), (40, 72), (67, 45)]  # square, non-square, not a multiple of 16
 
 

@@ -16,6 +16,8 @@ from nst_export.weights import init_random
 from nst_server import manifest as mf
 from nst_server.graphs import LossGraphs, Regions, _session_options
 
+pytestmark = pytest.mark.slow
+
 SIZES = [(48, 48), (40, 72), (67, 45)]  # square, non-square, not a multiple of 16
 
 

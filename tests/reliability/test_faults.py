@@ -42,6 +42,7 @@ def _first_event(call: Iterator[pb.StylizeResponse]) -> str:
     return next(call).WhichOneof("event")
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_ends_every_call_and_exits_0(model_dir: Path) -> None:
     """One job running, three queued, SIGTERM: the running one finishes; the rest end UNAVAILABLE at the grace end."""
     args = ("--max-concurrent", "1", "--max-queue", str(QUEUED), "--max-evaluations", "100000")

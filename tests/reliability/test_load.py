@@ -20,7 +20,7 @@ import grpc
 import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
-from nst_server.testing import ServerProcess, poll_until, start_server
+from nst_server.testing import ServerProcess, start_server
 
 from tests.client.support import cli_env
 from tests.images import png
@@ -36,11 +36,6 @@ LONG = stylize_request(128, 128, max_evaluations=100000, optimizer=pb.OPTIMIZER_
 VANISH_REPEATS = 3
 MEMORY_JOBS, MEMORY_BASELINE_AFTER = 200, 20
 MEMORY_BOUND_MIB = 64.0  # measured growth is about 1 MiB; a leak of ~300 KiB a job would cross this
-
-
-def _wait_outcome(server: ServerProcess, outcome: str, count: int, timeout_s: float = 30.0) -> None:
-    """Wait until the server has counted ``count`` jobs with ``outcome``; fail after ``timeout_s``."""
-    poll_until(lambda: server.outcomes()[outcome] >= count, timeout_s, f"{count} jobs {outcome}")
 
 
 def test_overload_every_call_ends_and_none_is_lost(model_dir: Path) -> None:
@@ -136,10 +131,10 @@ def test_vanishing_clients_give_capacity_back_every_time(model_dir: Path, tmp_pa
             stub = pb_grpc.StyleTransferServiceStub(channel)
             for mode, vanish in VANISH.items():
                 for _ in range(VANISH_REPEATS):
-                    # Counted by outcome, not by position: the last good job's line may still be on its way.
-                    cancelled = server.outcomes()["cancelled"]
+                    # Counted by outcome, not by position: the last good job's count may still be on its way.
+                    before = server.outcomes()
                     vanish(server, tmp_path)
-                    _wait_outcome(server, "cancelled", cancelled + 1)
+                    server.wait_outcome("cancelled", since=before)
                     wait_idle(server)
                     assert_serves(stub)  # --max-queue 0: refused unless the slot really is free
                     returned[mode] += 1

@@ -99,6 +99,7 @@ print(json.dumps({"grown": grown, "kept": rss_mb() - before}))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+@pytest.mark.slow
 def test_release_memory_hands_a_large_evaluation_back(model_dir: Path) -> None:
     """After an evaluation at a size far above the others, release_memory returns most of what it took."""
     done = subprocess.run(

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from nst_server.admission import Admission
@@ -21,6 +22,7 @@ CLOSES = 50
 REQUEST = stylize_request(32, 32, max_evaluations=1, optimizer=pb.OPTIMIZER_ADAM)
 
 
+@pytest.mark.slow
 def test_closing_the_stream_right_after_the_result_still_counts_ok(model_dir: Path) -> None:
     """50 calls over gRPC, each cancelled the moment its Result arrives: 50 jobs counted ok, none cancelled."""
     with running_server([model_dir], "--drain", "0") as server, grpc.insecure_channel(server.address) as channel:

@@ -1,0 +1,217 @@
+"""The pipeline in-process against a small stand-in model: events, scales, budgets, timings, weights, stopping.
+
+The stand-in is a ``model.LossModel`` whose loss is mean((x - 0.25)^2) with its exact gradient: cheap, smooth and
+known, so these tests check the pipeline's own logic (the real graphs are tested in test_graphs and the export).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from nst_server import pipeline
+from nst_server.errors import Cancelled
+from nst_server.job import (
+    Event,
+    FloatArray,
+    ImageFormat,
+    Init,
+    Job,
+    Optimizer,
+    Options,
+    Preview,
+    Progress,
+    Result,
+    ScaleStarted,
+    Started,
+    Style,
+    scale_sizes,
+)
+from nst_server.manifest import LossWeights, Manifest, content_target_name, gram_target_name
+from nst_server.model import Evaluation
+
+STYLE_LAYERS = ("relu1_1", "relu2_1")
+MANIFEST = Manifest("random", "0" * 64, "max", "imagenet", ("relu4_2",), STYLE_LAYERS, 17, "test")
+TARGET = 0.25
+
+
+@dataclass
+class _Evaluator:
+    size: tuple[int, int]  # (height, width)
+    calls: list[FloatArray] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, *self.size)
+
+    def __call__(self, image: npt.NDArray[np.floating]) -> Evaluation:
+        x = image.reshape(self.shape).astype(np.float32)
+        self.calls.append(x.copy())
+        self.seconds += 0.001  # a stand-in's bookkeeping, so that evaluate_s has something to add up
+        diff = x - TARGET
+        loss = float(np.mean(diff**2))
+        return Evaluation(loss, loss, 0.0, 0.0, (2 * diff / diff.size).astype(np.float32))
+
+
+@dataclass
+class _Model:
+    """A LossModel that records what the pipeline asks of it."""
+
+    name: str = "stand-in"
+    device: str = "cpu"
+    manifest: Manifest = MANIFEST
+    evaluators: list[_Evaluator] = field(default_factory=list)
+    weights: list[tuple[tuple[float, ...] | None, tuple[float, ...] | None]] = field(default_factory=list)
+    warmed: set[tuple[int, ...]] = field(default_factory=set)
+
+    def targets(
+        self, image: FloatArray, guide: FloatArray | None = None, circular: bool = False
+    ) -> dict[str, FloatArray]:
+        level = np.float32(image.mean())
+        feeds = {content_target_name(layer): np.full((1, 2, 2, 2), level) for layer in MANIFEST.content_layers}
+        return feeds | {gram_target_name(layer): np.eye(2, dtype=np.float32) * level for layer in STYLE_LAYERS}
+
+    def evaluator(
+        self, shape: tuple[int, int], targets: dict[str, FloatArray], loss_weights: LossWeights, *layer_weights: object
+    ) -> _Evaluator:
+        """Records the per-layer weights the pipeline passes (content, style)."""
+        assert set(targets) == {content_target_name("relu4_2"), *map(gram_target_name, STYLE_LAYERS)}
+        self.weights.append(layer_weights)  # type: ignore[arg-type]
+        self.evaluators.append(_Evaluator(shape))
+        return self.evaluators[-1]
+
+    def warm_up(self, evaluator: _Evaluator, image: FloatArray) -> None:
+        if evaluator.shape not in self.warmed:
+            evaluator(image)
+            self.warmed.add(evaluator.shape)
+
+    def release_memory(self) -> None:
+        pass
+
+
+def _image(width: int, height: int, value: float | None = None, seed: int = 0) -> FloatArray:
+    if value is not None:
+        return np.full((1, 3, height, width), value, np.float32)
+    return np.random.default_rng(seed).random((1, 3, height, width), dtype=np.float32)
+
+
+def _job(size: tuple[int, int] = (64, 48), content: bool = True, styles: int = 1, **options: object) -> Job:
+    width, height = size
+    return Job(
+        "job1",
+        "stand-in",
+        size,
+        _image(width, height, seed=1) if content else None,
+        tuple(Style(_image(64, 64, seed=2 + k)) for k in range(styles)),
+        Options(**{"max_evaluations": 6, "optimizer": Optimizer.ADAM, "learning_rate": 0.1, **options}),  # type: ignore[arg-type]
+    )
+
+
+def _run(job: Job, model: _Model | None = None, queued_s: float = 0.0) -> tuple[list[Event], Result, _Model]:
+    model = model or _Model()
+    events: list[Event] = []
+    result = pipeline.stylize(job, model, events.append, lambda: False, queued_s)  # type: ignore[arg-type]
+    return events, result, model
+
+
+def test_stream_order_and_previews() -> None:
+    events, result, _ = _run(_job(preview_every=2))
+    kinds = [type(event).__name__ for event in events]
+    assert kinds[:2] == ["Started", "ScaleStarted"]
+    assert kinds[-1] == "Result"
+    assert events[-1] is result
+    progress = [event for event in events if isinstance(event, Progress)]
+    assert [p.iteration for p in progress] == [1, 2, 3, 4, 5, 6]  # Adam: one evaluation per iteration
+    assert [p.evaluations for p in progress] == [1, 2, 3, 4, 5, 6]
+    assert progress[-1].losses.total < progress[0].losses.total
+    previews = [event for event in events if isinstance(event, Preview)]
+    assert [p.iteration for p in previews] == [2, 4, 6]
+    assert all(p.format is ImageFormat.PNG and p.image.startswith(b"\x89PNG") for p in previews)
+    started = events[0]
+    assert isinstance(started, Started)
+    assert (started.width, started.height, started.max_evaluations, started.scales) == (64, 48, 6, 1)
+    assert (result.width, result.height, result.iterations, result.evaluations) == (64, 48, 6, 6)
+
+
+def test_scales_walk_the_sizes_with_their_budgets() -> None:
+    events, result, model = _run(_job((96, 64), scales=3, coarse_evaluations=2, max_evaluations=5))
+    scales = [event for event in events if isinstance(event, ScaleStarted)]
+    sizes = scale_sizes((96, 64), 3)
+    assert [(s.scale, s.scales, (s.width, s.height), s.max_evaluations) for s in scales] == [
+        (1, 3, sizes[0], 2),
+        (2, 3, sizes[1], 2),
+        (3, 3, sizes[2], 5),
+    ]
+    assert [e.size for e in model.evaluators] == [(h, w) for w, h in sizes]
+    progress = [event for event in events if isinstance(event, Progress)]
+    assert [p.iteration for p in progress] == list(range(1, 10))  # numbered on across scales
+    assert (result.evaluations, result.iterations) == (9, 9)
+    first_of_second_scale = model.evaluators[1].calls[1]  # calls[0] is the warm-up
+    assert first_of_second_scale.shape == (1, 3, sizes[1][1], sizes[1][0])  # the last scale's result, resized
+
+
+def test_timings_add_up() -> None:
+    _, result, model = _run(_job(), queued_s=1.5)
+    timings = result.timings
+    assert timings.queued_s == 1.5
+    assert min(timings.warmup_s, timings.optimise_s, timings.evaluate_s) >= 0.0
+    assert timings.total_s >= timings.queued_s + timings.warmup_s + timings.optimise_s
+    # evaluate_s counts the optimiser's evaluations, not the warm-up's (the stand-in adds 1 ms a call).
+    assert timings.evaluate_s == pytest.approx(0.001 * (len(model.evaluators[0].calls) - 1))
+
+
+def test_init_sets_the_first_canvas() -> None:
+    _, _, gray = _run(_job(init=Init.GRAY))
+    assert np.all(gray.evaluators[0].calls[0] == pipeline.GRAY)
+    job = _job(init=Init.CONTENT)
+    _, _, photo = _run(job)
+    assert job.content is not None
+    np.testing.assert_array_equal(photo.evaluators[0].calls[0], job.content)
+    _, _, noise_a = _run(_job(init=Init.NOISE, seed=3))
+    _, _, noise_b = _run(_job(init=Init.NOISE, seed=3))
+    np.testing.assert_array_equal(noise_a.evaluators[0].calls[0], noise_b.evaluators[0].calls[0])
+    image = _job(init=Init.IMAGE)
+    image = replace(image, init_image=_image(64, 48, value=0.75))
+    _, _, own = _run(image)
+    assert np.allclose(own.evaluators[0].calls[0], 0.75)
+
+
+@pytest.mark.parametrize(
+    ("content", "styles", "weights"),
+    [
+        (True, 1, ((1.0,), (0.5, 0.5))),
+        (False, 1, ((0.0,), (0.5, 0.5))),  # texture synthesis: no content term
+        (True, 0, ((1.0,), (0.0, 0.0))),  # content reconstruction: no style term
+    ],
+)
+def test_missing_images_turn_their_terms_off(content: bool, styles: int, weights: tuple[object, object]) -> None:
+    _, _, model = _run(_job(content=content, styles=styles, init=Init.NOISE))
+    assert model.weights == [weights]
+
+
+def test_chosen_layers_and_weights_reach_the_model() -> None:
+    _, _, model = _run(_job(style_layers=("relu2_1",), style_layer_weights=(3.0,)))
+    assert model.weights == [((1.0,), (0.0, 1.0))]
+
+
+def test_lbfgs_runs_within_its_budget() -> None:
+    events, result, _ = _run(_job(optimizer=Optimizer.LBFGS, max_evaluations=8))
+    assert result.evaluations <= 8
+    assert result.losses.total < next(e for e in events if isinstance(e, Progress)).losses.total
+
+
+def test_a_stop_request_ends_the_job_within_one_evaluation() -> None:
+    model = _Model()
+    calls = 0
+
+    def should_stop() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 3
+
+    with pytest.raises(Cancelled):
+        pipeline.stylize(_job(max_evaluations=100), model, lambda _: None, should_stop)  # type: ignore[arg-type]
+    assert len(model.evaluators[0].calls) == 1 + 3  # the warm-up, then the three evaluations allowed
