@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from nst_client import StyleClient
+from nst_server.testing import ServerProcess, start_server
 from PIL import Image
 
 from tests.images import png
-from tests.servers import ServerProcess, start_server
 
 HERE = Path(__file__).resolve().parent
 SIDE, EVALUATIONS, SEED = 48, 6, 11
