@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # NeuralStyleTransfer: VGG19 is exported to ONNX at build time; the image serves it with onnxruntime, no torch.
 #
 #   docker build -t nst .                                  GPU image (the default target), ImageNet weights
@@ -17,6 +16,20 @@
 # onnxruntime-gpu 1.31 is built against, as NVIDIA's pip wheels (onnxruntime-gpu[cuda,cudnn]); nst-server
 # loads them with onnxruntime.preload_dlls(). That keeps the image far smaller than a CUDA devel base and the
 # Python the same as everywhere else in the project; the host only needs the NVIDIA driver and container toolkit.
+#
+# Needs BuildKit (Docker 23+, or DOCKER_BUILDKIT=1 on older engines) for the RUN mounts below. There is no
+# `# syntax=` line, so nothing is fetched from a registry for the Dockerfile frontend: the engine's built-in one
+# reads this file. Optional build inputs, for proxies, mirrors and machines without internet access (README:
+# "Building behind a proxy or offline"); none of them ends up in an image layer:
+#   --secret id=ca,src=PEM           extra CA certificates pip must trust (a TLS-intercepting proxy's, a mirror's),
+#                                    added to the image's own store for the pip steps only
+#   --build-arg PIP_INDEX_URL=URL    a package index or mirror instead of PyPI; also PIP_EXTRA_INDEX_URL and
+#                                    PIP_FIND_LINKS (URLs). Build args show in `docker history`: no credentials here
+#   --build-arg TORCH_INDEX_URL=URL  where torch 2.13.0 comes from (PyTorch's CPU index by default); empty: from the
+#                                    indexes above or wheels/
+#   wheels/ (in the build context)   every wheel put there is offered to every pip step first, e.g. torch's CPU wheel
+#   --build-arg PYTHON_IMAGE=IMAGE   the base: any Debian-family image with Python 3.11 and pip on PATH
+#                                    (tests/deploy/docker.sh makes one with debootstrap when no registry is reachable)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -24,6 +37,10 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS export
 ARG WEIGHTS=imagenet
 ARG POOLING=max
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -32,10 +49,14 @@ COPY server server
 COPY client client
 COPY export export
 # torch's CPU build: the export runs no GPU code, and PyPI's default torch would add gigabytes of CUDA.
-# DL3013 (pin versions in pip) is ignored here alone: ".[export]" is this source tree, whose pyproject.toml pins
-# what matters (torch==2.13.0); there is no version of it to pin.
+# Every pip step sources deploy/docker/pip-inputs.sh, mounted from the build context for the step: the optional
+# inputs above. DL3013 (pin versions in pip) is ignored here alone: ".[export]" is this source
+# tree, whose pyproject.toml pins what matters (torch==2.13.0); there is no version of it to pin.
 # hadolint ignore=DL3013
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+RUN --mount=type=secret,id=ca --mount=type=tmpfs,target=/run/pip \
+    --mount=type=bind,source=deploy/docker,target=/run/pip-inputs --mount=type=bind,source=wheels,target=/run/wheels \
+    . /run/pip-inputs/pip-inputs.sh \
+    && pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0 \
     && pip install ".[export]" \
     && pip wheel --no-deps --wheel-dir /dist .
 # Downloads the published weights with their hash check; the export checks its own parity with PyTorch.
@@ -57,14 +78,26 @@ CMD ["--drain", "2", "--grace", "25"]
 
 # ---- CPU-only image ----
 FROM runtime AS cpu
-RUN pip install "$(ls /dist/*.whl)[server]" && rm -rf /dist
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+RUN --mount=type=secret,id=ca --mount=type=tmpfs,target=/run/pip \
+    --mount=type=bind,source=deploy/docker,target=/run/pip-inputs --mount=type=bind,source=wheels,target=/run/wheels \
+    . /run/pip-inputs/pip-inputs.sh \
+    && pip install "$(ls /dist/*.whl)[server]" && rm -rf /dist
 USER 10001
 
 # ---- GPU image (default) ----
 FROM runtime AS gpu
 # tests/export/test_onnxruntime_floor.py loads the exported graphs with this version.
 ARG ONNXRUNTIME_GPU_VERSION=1.31.1
-RUN pip install "$(ls /dist/*.whl)[gpu]" "onnxruntime-gpu[cuda,cudnn]==${ONNXRUNTIME_GPU_VERSION}" && rm -rf /dist
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+RUN --mount=type=secret,id=ca --mount=type=tmpfs,target=/run/pip \
+    --mount=type=bind,source=deploy/docker,target=/run/pip-inputs --mount=type=bind,source=wheels,target=/run/wheels \
+    . /run/pip-inputs/pip-inputs.sh \
+    && pip install "$(ls /dist/*.whl)[gpu]" "onnxruntime-gpu[cuda,cudnn]==${ONNXRUNTIME_GPU_VERSION}" && rm -rf /dist
 USER 10001
 # Fail at start-up rather than run slowly on the CPU when the container was started without a GPU.
 CMD ["--device", "cuda", "--drain", "2", "--grace", "25"]

@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 
 _FROM = re.compile(r"(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE)
+_BIND = re.compile(r"--mount=type=bind,source=([^,\s]+)(?:,target=\S+)?(?=\s)")
 _HEALTHCHECK = re.compile(r"((?:--\S+\s+)*)CMD\s+(\[.*\])", re.DOTALL)
 
 
@@ -25,7 +26,7 @@ class Stage:
     expose: tuple[str, ...] = ()
     healthcheck: tuple[str, ...] = ()
     healthcheck_options: dict[str, str] = field(default_factory=dict)
-    copies: tuple[str, ...] = ()  # COPY sources from the build context (not --from another stage)
+    copies: tuple[str, ...] = ()  # COPY sources and RUN bind-mount sources from the build context
 
     @property
     def command(self) -> list[str]:
@@ -79,5 +80,8 @@ def stages(path: Path = DOCKERFILE) -> dict[str, Stage]:
             current = replace(current, healthcheck=tuple(json.loads(match.group(2))), healthcheck_options=options)
         elif keyword == "COPY" and not args.startswith("--from"):
             current = replace(current, copies=current.copies + tuple(args.split()[:-1]))
+        elif keyword == "RUN":  # RUN --mount=type=bind,source=PATH reads PATH from the context, like COPY
+            binds = _BIND.findall(args)
+            current = replace(current, copies=current.copies + tuple(source for source in binds))
         found[current.name] = current
     return found
