@@ -43,20 +43,26 @@ ARG PIP_FIND_LINKS
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# torch's CPU build: the export runs no GPU code, and PyPI's default torch would add gigabytes of CUDA. Installed
+# before any of the project is copied, so that its layer, the largest download, survives every change to the source.
+# Every pip step sources deploy/docker/pip-inputs.sh, mounted from the build context for the step: the optional
+# inputs above.
+RUN --mount=type=secret,id=ca --mount=type=tmpfs,target=/run/pip \
+    --mount=type=bind,source=deploy/docker,target=/run/pip-inputs --mount=type=bind,source=wheels,target=/run/wheels \
+    . /run/pip-inputs/pip-inputs.sh \
+    && if [ -n "${TORCH_INDEX_URL}" ]; then export PIP_INDEX_URL="${TORCH_INDEX_URL}"; fi \
+    && pip install torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY protos protos
 COPY server server
 COPY client client
 COPY export export
-# torch's CPU build: the export runs no GPU code, and PyPI's default torch would add gigabytes of CUDA.
-# Every pip step sources deploy/docker/pip-inputs.sh, mounted from the build context for the step: the optional
-# inputs above. DL3013 (pin versions in pip) is ignored here alone: ".[export]" is this source
-# tree, whose pyproject.toml pins what matters (torch==2.13.0); there is no version of it to pin.
+# DL3013 (pin versions in pip) is ignored here alone: ".[export]" is this source tree, whose pyproject.toml pins
+# what matters (torch==2.13.0, installed above); there is no version of it to pin.
 # hadolint ignore=DL3013
 RUN --mount=type=secret,id=ca --mount=type=tmpfs,target=/run/pip \
     --mount=type=bind,source=deploy/docker,target=/run/pip-inputs --mount=type=bind,source=wheels,target=/run/wheels \
     . /run/pip-inputs/pip-inputs.sh \
-    && pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0 \
     && pip install ".[export]" \
     && pip wheel --no-deps --wheel-dir /dist .
 # Downloads the published weights with their hash check; the export checks its own parity with PyTorch.
