@@ -258,7 +258,7 @@ for name, (w, h) in {"content.png": (96, 64), "style.png": (64, 64)}.items():
     Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(Path(sys.argv[1]) / name)
 EOF
 "$nst" stylize "$work/content.png" "$work/style.png" -o "$work/styled.png" --server "$address" \
-    --size 64 --iterations 5 --progress json >"$work/stylize.jsonl"
+    --size 64 --max-evaluations 5 --progress json >"$work/stylize.jsonl"
 "$py" -c "
 from PIL import Image; import sys
 size = Image.open(sys.argv[1]).size
@@ -272,7 +272,7 @@ echo "uid $uid ($(docker exec "$cpu" id -un 2>/dev/null || echo '?'))"
 
 step "cpu image: docker stop with a job running"
 "$nst" stylize "$work/content.png" "$work/style.png" -o "$work/never.png" --server "$address" \
-    --size 96 --iterations 5000 --progress json >"$work/long.jsonl" 2>"$work/long.err" &
+    --size 96 --max-evaluations 5000 --progress json >"$work/long.jsonl" 2>"$work/long.err" &
 long_pid=$!
 for _ in $(seq 120); do
     grep -q '"iteration"' "$work/long.jsonl" 2>/dev/null && break
