@@ -149,7 +149,7 @@ def scale_out(compose: Compose) -> None:
         # The short calls begin once the replica has begun its drain (it refuses new jobs from that log line on),
         # so none of them can start there: each must be refused and retried elsewhere, or go elsewhere at once.
         while (
-            "shutting down:"
+            "shutting down"
             not in subprocess.run(["docker", "logs", victim], capture_output=True, text=True, check=False).stderr
         ):
             assert time.monotonic() - stop_started < 30, "the replica never began its drain"
