@@ -22,6 +22,7 @@ OptimizerName = Literal["lbfgs", "adam"]
 InitName = Literal["content", "gray", "noise", "image"]
 ColourPreservationName = Literal["none", "luminance", "histogram"]
 ImageFormatName = Literal["png", "jpeg", "webp"]
+StopReasonName = Literal["budget", "converged", "unspecified"]
 HealthStatus = Literal["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]
 
 
@@ -137,8 +138,10 @@ class Result:
     height: int
     losses: Losses
     iterations: int
-    evaluations: int
+    evaluations: int  # at every scale, each counted once
     timings: Timings
+    stop_reason: StopReasonName = "unspecified"  # why the last scale ended; "unspecified" from older servers
+    full_size_evaluations: float = 0.0  # evaluations weighted by pixel count: what max_evaluations budgets
 
     def to_image(self) -> Image.Image:
         """The decoded image.
@@ -226,8 +229,9 @@ class StylizeOptions:
     output_format: ImageFormatName | None = None  # "png" (default), "jpeg" or "webp"
     lbfgs_history: int | None = None  # L-BFGS memory (10)
     colour_preservation: ColourPreservationName | None = None  # "none" (default), "luminance" or "histogram"
-    scales: int | None = None  # coarse-to-fine steps, sqrt(2) apart (1)
-    coarse_evaluations: int | None = None  # budget of each scale but the last (max_evaluations)
+    scales: int | None = None  # coarse-to-fine steps, sqrt(2) apart (the server's schedule, from the size)
+    coarse_evaluations: int | None = None  # budget of each scale but the last, with scales (max_evaluations)
+    min_improvement: float | None = None  # stop a scale once the loss falls less than this over 10 iterations (off)
     init_image: ImageInput | None = None  # the start image, with init="image"
     content_layers: Sequence[str] | None = None  # subset of the model's (all)
     style_layers: Sequence[str] | None = None  # subset of the model's (all)

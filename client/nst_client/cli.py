@@ -126,7 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--preserve-colour", dest="colour_preservation", choices=("none", "luminance", "histogram"),
         help="keep the content's colours (default: none)",
     )  # fmt: skip
-    art.add_argument("--scales", type=_number(int, 1), metavar="N", help="coarse-to-fine scales (default: 1)")
+    art.add_argument(
+        "--scales", type=_number(int, 1), metavar="N",
+        help="coarse-to-fine scales, sqrt(2) apart (default: the server's schedule, from the size)",
+    )  # fmt: skip
+    run.add_argument(
+        "--min-improvement", type=_number(float, 0), metavar="FRACTION",
+        help="stop a scale once the loss falls by less than this fraction over 10 iterations (default: off)",
+    )  # fmt: skip
     art.add_argument(
         "--coarse-evaluations", "--coarse-iterations", dest="coarse_evaluations", type=_number(int, 1), metavar="N",
         help="evaluation budget of each scale but the last (default: --max-evaluations; --coarse-iterations: the "
@@ -333,10 +340,14 @@ class _Reporter:
                 _write_atomic(self.out, event.image)
                 line |= {"path": str(self.out), "format": event.format, "width": event.width, "height": event.height}
                 line |= {"iterations": event.iterations, "evaluations": event.evaluations}
+                line |= {"full_size_evaluations": event.full_size_evaluations, "stop_reason": event.stop_reason}
                 line |= {"losses": dataclasses.asdict(event.losses), "timings": dataclasses.asdict(event.timings)}
                 if self._bar is not None:
                     self._bar.close()
-                    print(f"nst: wrote {self.out} ({event.width}x{event.height})", file=self.stderr)
+                    print(
+                        f"nst: wrote {self.out} ({event.width}x{event.height}; stopped: {event.stop_reason})",
+                        file=self.stderr,
+                    )
         if self.mode == "json":
             print(json.dumps(line), file=self.stdout, flush=True)
 

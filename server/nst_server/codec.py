@@ -28,6 +28,7 @@ from .job import (
     Result,
     ScaleStarted,
     Started,
+    StopReason,
     Style,
     default_init,
     scale_sizes,
@@ -67,6 +68,7 @@ _FORMAT_TO_PB = {
     ImageFormat.WEBP: pb.IMAGE_FORMAT_WEBP,
 }
 _OPTIMIZER_TO_PB = {Optimizer.LBFGS: pb.OPTIMIZER_LBFGS, Optimizer.ADAM: pb.OPTIMIZER_ADAM}
+_STOP_REASON_TO_PB = {StopReason.BUDGET: pb.STOP_REASON_BUDGET, StopReason.CONVERGED: pb.STOP_REASON_CONVERGED}
 MAX_LBFGS_HISTORY = 100
 MAX_SCALES = 8
 MAX_STYLE_SCALE = 4.0
@@ -87,6 +89,13 @@ def _non_negative(field: str, value: float) -> float:
 
 def _weight(field: str, options: pb.StylizeOptions, default: float) -> float:
     return _non_negative(f"options.{field}", getattr(options, field)) if options.HasField(field) else default
+
+
+def _min_improvement(options: pb.StylizeOptions) -> float:
+    value = options.min_improvement if options.HasField("min_improvement") else 0.0
+    if not math.isfinite(value) or not 0 <= value < 1:
+        raise InvalidRequest(f"options.min_improvement: {value} is not allowed; expected 0 <= value < 1 (0 = off)")
+    return value
 
 
 def _bounded(field: str, value: int, default: int, low: int, high: int) -> int:
@@ -156,6 +165,7 @@ def options_from_pb(
         ),
         scales=_bounded("scales", options.scales, base.scales, 1, MAX_SCALES),
         coarse_evaluations=_bounded("coarse_evaluations", options.coarse_evaluations, 0, 1, max_evaluations),
+        min_improvement=_min_improvement(options),
         content_layers=_layers("content_layers", options.content_layers, manifest.content_layers),
         style_layers=style_layers,
         style_layer_weights=_style_layer_weights(options, style_layers or manifest.style_layers),
@@ -228,7 +238,9 @@ def _style(style: pb.StyleImage, index: int, output_side: int, config: ServerCon
 
 def _check_scales(job: Job) -> None:
     """Every image of the coarsest scale must still be 32 px on its short side (relu5_1 needs four poolings)."""
-    scales = job.options.scales
+    # The server's own schedule (scales unset) adds scales only while every image stays large enough: here its
+    # coarsest scale is checked as the output size itself.
+    scales = job.options.scales or 1
     _check_side("options.scales", scale_sizes(job.size, scales)[0], f"the coarsest of {scales} scales")
     for index, style in enumerate(job.styles):
         style_size = scale_sizes((style.image.shape[3], style.image.shape[2]), scales)[0]
@@ -299,6 +311,7 @@ def to_response(event: Event) -> pb.StylizeResponse:
                     queued_s=t.queued_s, warmup_s=t.warmup_s, optimise_s=t.optimise_s, total_s=t.total_s,
                     evaluate_s=t.evaluate_s,
                 ),
+                stop_reason=_STOP_REASON_TO_PB[event.stop_reason], full_size_evaluations=event.full_size_evaluations,
             ))  # fmt: skip
     raise TypeError(f"not an event: {event!r}")
 

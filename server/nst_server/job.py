@@ -57,8 +57,9 @@ class Options:
     output_format: ImageFormat = ImageFormat.PNG
     lbfgs_history: int = 10
     colour_preservation: ColourPreservation = ColourPreservation.NONE
-    scales: int = 1  # coarse-to-fine steps, sqrt(2) apart in size
-    coarse_evaluations: int = 0  # budget of each scale but the last; 0 = max_evaluations
+    scales: int = 0  # coarse-to-fine steps, sqrt(2) apart in size; 0 = the server's schedule (pipeline.schedule)
+    coarse_evaluations: int = 0  # budget of each scale but the last, with scales set; 0 = max_evaluations
+    min_improvement: float = 0.0  # stop a scale when the loss falls by less than this over 10 iterations; 0 = off
     content_layers: tuple[str, ...] = ()  # subset of the model's; () = all
     style_layers: tuple[str, ...] = ()  # subset of the model's; () = all
     style_layer_weights: tuple[float, ...] = ()  # one per style layer, normalised; () = equal
@@ -156,6 +157,11 @@ class Timings:
     evaluate_s: float = 0.0  # the part of optimise_s inside the model's runs
 
 
+class StopReason(enum.Enum):
+    BUDGET = "budget"  # max_evaluations spent
+    CONVERGED = "converged"  # min_improvement met, or no step lowered the loss further
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     image: bytes
@@ -164,8 +170,10 @@ class Result:
     height: int
     losses: Losses
     iterations: int
-    evaluations: int
+    evaluations: int  # at every scale, each counted once whatever its size
     timings: Timings = field(default_factory=Timings)
+    stop_reason: StopReason = StopReason.BUDGET  # why the last scale ended
+    full_size_evaluations: float = 0.0  # evaluations weighted by their pixel count relative to the output
 
 
 Event = Queued | Started | ScaleStarted | Progress | Preview | Result

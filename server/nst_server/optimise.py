@@ -2,11 +2,14 @@
 
 One evaluation of loss and gradient is the unit of cost; ``budget`` counts them. Both call ``on_step``
 once per iteration with the losses at the iterate and check ``should_stop`` before every evaluation, so
-a cancelled job stops within one evaluation.
+a cancelled job stops within one evaluation. Both stop early when ``converged`` (a ``Plateau``) says the
+loss has stopped falling, and say in ``Outcome.reason`` why they stopped.
 """
 
 from __future__ import annotations
 
+import enum
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,14 +34,49 @@ class Step:
     x: npt.NDArray[np.floating]
 
 
+class StopReason(enum.Enum):
+    BUDGET = "budget"  # the evaluations ran out
+    CONVERGED = "converged"  # the loss stopped falling: a Plateau, or no step along the direction lowers it
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """Where the optimiser stopped: the last iterate, its losses, and what it cost."""
+    """Where the optimiser stopped: the last iterate, its losses, what it cost, and why it stopped.
+
+    ``inverse_hessian_scale`` is L-BFGS's last H0 scale (s.y / y.y of its newest pair; None before any pair):
+    the next scale of a coarse-to-fine run starts from it instead of from a blind first step.
+    """
 
     x: npt.NDArray[np.floating]
     losses: Losses
     iterations: int
     evaluations: int
+    reason: StopReason = StopReason.BUDGET
+    inverse_hessian_scale: float | None = None
+
+
+class Plateau:
+    """``min_improvement``: true once the loss fell by less than ``threshold`` (relative) over ``window`` iterations.
+
+    Off (never true) when ``threshold`` is 0.
+    """
+
+    def __init__(self, threshold: float, window: int) -> None:
+        self.threshold = threshold
+        self._losses: deque[float] = deque(maxlen=window + 1)
+
+    def __call__(self, loss: float) -> bool:
+        """Record one iteration's loss; whether the last ``window`` iterations improved too little."""
+        self._losses.append(loss)
+        if self.threshold <= 0 or len(self._losses) < (self._losses.maxlen or 0):
+            return False
+        oldest = self._losses[0]
+        return oldest - loss < self.threshold * abs(oldest)
+
+
+def never(_: float) -> bool:
+    """The default ``converged``: run to the budget."""
+    return False
 
 
 NOT_EVALUATED = Losses(np.nan, np.nan, np.nan, np.nan)
@@ -80,6 +118,14 @@ class _Pairs:
     def clear(self) -> None:
         self._order.clear()
 
+    @property
+    def scale(self) -> float | None:
+        """H0's scale, s.y / y.y of the newest pair; None while there is none."""
+        if not self._order:
+            return None
+        newest = self._order[-1]
+        return 1.0 / (self.rho[newest] * float(sdot(self.y[newest], self.y[newest])))
+
     def apply_inverse_hessian(self, q: npt.NDArray[np.float32]) -> None:
         """q <- H q in place by the two-loop recursion, H0 scaled by the newest pair's s.y / y.y."""
         alphas = []
@@ -87,9 +133,8 @@ class _Pairs:
             alpha = self.rho[row] * float(sdot(self.s[row], q))
             saxpy(self.y[row], q, a=-alpha)
             alphas.append(alpha)
-        if self._order:
-            newest = self._order[-1]
-            q *= np.float32(1.0 / (self.rho[newest] * float(sdot(self.y[newest], self.y[newest]))))
+        if (scale := self.scale) is not None:
+            q *= np.float32(scale)
         for row, alpha in zip(self._order, reversed(alphas), strict=True):
             beta = self.rho[row] * float(sdot(self.y[row], q))
             saxpy(self.s[row], q, a=alpha - beta)
@@ -107,8 +152,15 @@ def lbfgs(
     history: int,
     on_step: Callable[[Step], None],
     should_stop: Callable[[], bool],
+    *,
+    converged: Callable[[float], bool] = never,
+    inverse_hessian_scale: float | None = None,
 ) -> Outcome:
-    """Projected L-BFGS in the [0, 1] box; stops at ``budget`` evaluations or when it cannot improve.
+    """Projected L-BFGS in the [0, 1] box; stops at ``budget`` evaluations, when ``converged(loss)`` says so
+    after an iteration, or when it cannot improve.
+
+    ``inverse_hessian_scale``, when given, scales the first direction (H0 = scale * I) as the newest pair
+    would: a restarted but well-scaled L-BFGS, e.g. from the previous scale of a coarse-to-fine run.
 
     Each iteration takes the L-BFGS direction over the pixels that are free to move (not held at a bound by
     their gradient), projects the step onto the box and backtracks until the loss drops enough (Armijo).
@@ -132,6 +184,7 @@ def lbfgs(
     current = evaluate(x)
     loss, losses = current.loss, _losses(current)
     np.copyto(grad, current.grad.ravel())
+    converged(loss)  # the starting loss: the first of the window (never enough alone to stop)
     while evaluations < budget:
         # Pixels at a bound whose gradient pushes them outwards stay put; the rest follow L-BFGS.
         free = ~(((x <= 0.0) & (grad > 0.0)) | ((x >= 1.0) & (grad < 0.0)))
@@ -143,8 +196,12 @@ def lbfgs(
             pairs.clear()
             np.multiply(grad, free, out=direction)
             direction *= np.float32(-1.0)
-        # Before any curvature is known, a step of unit length; afterwards H is scaled and the full step fits.
-        step = 1.0 if pairs else 1.0 / max(float(np.linalg.norm(direction)), 1e-30)
+        if pairs:  # H is scaled and the full step fits
+            step = 1.0
+        elif inverse_hessian_scale is not None:  # no curvature yet here, but a known scale for H0
+            step = inverse_hessian_scale
+        else:  # no curvature known at all: a step of unit length
+            step = 1.0 / max(float(np.linalg.norm(direction)), 1e-30)
         row = pairs.next_row
         for _ in range(_MAX_BACKTRACKS):
             np.multiply(direction, np.float32(step), out=trial)
@@ -152,14 +209,16 @@ def lbfgs(
             np.clip(trial, 0.0, 1.0, out=trial)
             np.subtract(trial, x, out=pairs.s[row])
             decrease = float(sdot(grad, pairs.s[row]))
-            if not decrease < 0.0 or evaluations >= budget:
-                return Outcome(x, losses, iterations, evaluations)
+            if evaluations >= budget:
+                return Outcome(x, losses, iterations, evaluations, StopReason.BUDGET, pairs.scale)
+            if not decrease < 0.0:
+                return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.scale)
             candidate = evaluate(trial)
             if candidate.loss <= loss + _ARMIJO * decrease:
                 break
             step *= 0.5
-        else:
-            return Outcome(x, losses, iterations, evaluations)  # no step lowers the loss: as far as it goes
+        else:  # no step lowers the loss: as far as it goes
+            return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.scale)
         np.subtract(candidate.grad.ravel(), grad, out=pairs.y[row])
         pairs.keep(row)
         x, trial = trial, x
@@ -167,7 +226,9 @@ def lbfgs(
         loss, losses = candidate.loss, _losses(candidate)
         iterations += 1
         on_step(Step(iterations, evaluations, losses, x))
-    return Outcome(x, losses, iterations, evaluations)
+        if converged(loss):
+            return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.scale)
+    return Outcome(x, losses, iterations, evaluations, StopReason.BUDGET, pairs.scale)
 
 
 def adam(
@@ -180,8 +241,11 @@ def adam(
     beta1: float = 0.9,
     beta2: float = 0.999,
     epsilon: float = 1e-8,
+    *,
+    converged: Callable[[float], bool] = never,
 ) -> Outcome:
-    """Adam projected onto [0, 1]. The last of the ``budget`` evaluations is at the returned image."""
+    """Adam projected onto [0, 1]. The last evaluation is at the returned image; ``converged(loss)`` after an
+    evaluation ends the run there."""
     x = x0.ravel().copy()
     first = np.zeros_like(x)
     second = np.zeros_like(x)
@@ -193,6 +257,8 @@ def adam(
         evaluation = objective(x)
         losses = _losses(evaluation)
         on_step(Step(step, step, losses, x))
+        if converged(losses.total):
+            return Outcome(x, losses, step, step, StopReason.CONVERGED)
         if step == budget:
             break
         grad = evaluation.grad.ravel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,11 +17,13 @@ from .job import (
     Init,
     Job,
     Optimizer,
+    Options,
     Preview,
     Progress,
     Result,
     ScaleStarted,
     Started,
+    StopReason,
     Timings,
     scale_sizes,
 )
@@ -28,11 +31,77 @@ from .model import Evaluator, LossModel
 from .targets import job_targets, layer_weights
 
 GRAY = 0.5  # the flat start image of Init.GRAY
+# The server's own schedule (Options.scales = 0), chosen by bench/schedules.py (BENCHMARKS.md, "Time to quality"):
+AUTO_RATIO = 2.0  # between consecutive scales
+AUTO_COARSEST_SIDE_PX = 128  # scales are added while the next coarser one keeps at least this longest side
+AUTO_GROWTH = 3.0  # each coarser scale gets this many times the next one's evaluations (SPST's 600/200/66/30)
+MIN_IMPROVEMENT_WINDOW = 10  # iterations over which min_improvement measures the relative decrease
+
+
+@dataclass(frozen=True, slots=True)
+class ScalePlan:
+    """One scale of a run: its (width, height) and its budget in evaluations at that size."""
+
+    size: tuple[int, int]
+    evaluations: int
+
+
+def auto_sizes(size: tuple[int, int], scales: int) -> list[tuple[int, int]]:
+    """(width, height) of each scale of the server's schedule, coarsest first, AUTO_RATIO apart; the last is size."""
+    width, height = size
+    return [(round(width / AUTO_RATIO**k), round(height / AUTO_RATIO**k)) for k in reversed(range(scales))]
+
+
+def auto_scale_count(size: tuple[int, int], smallest_side: int | None = None) -> int:
+    """How many scales the server's schedule uses: halve while the longest side stays >= AUTO_COARSEST_SIDE_PX
+    and the shortest side of every image (``smallest_side``: the output's and the styles') >= MIN_SIDE_PX."""
+    shortest = min(size) if smallest_side is None else smallest_side
+    count = 1
+    while max(size) / AUTO_RATIO**count >= AUTO_COARSEST_SIDE_PX and shortest / AUTO_RATIO**count >= images.MIN_SIDE_PX:
+        count += 1
+    return count
+
+
+def full_size_fraction(scale: tuple[int, int], size: tuple[int, int]) -> float:
+    """What one evaluation at ``scale`` costs in full-size evaluations: the ratio of pixel counts."""
+    return scale[0] * scale[1] / (size[0] * size[1])
+
+
+def schedule(size: tuple[int, int], options: Options, smallest_side: int | None = None) -> list[ScalePlan]:
+    """The scales of a job, coarsest first, with their budgets.
+
+    ``scales`` unset (0): the server's schedule. The scale count follows from the size (auto_scale_count),
+    sizes AUTO_RATIO apart, and each coarser scale gets AUTO_GROWTH times the evaluations of the next, so
+    that the budgets, weighted by full_size_fraction, add up to at most ``max_evaluations``: there it counts
+    full-size-equivalent evaluations. ``scales`` set: the caller's schedule, sizes SCALE_RATIO apart,
+    ``coarse_evaluations`` (default ``max_evaluations``) at each coarser scale and ``max_evaluations`` at the
+    last: there it counts the last scale's evaluations.
+    """
+    budget = options.max_evaluations
+    if options.scales:
+        sizes = scale_sizes(size, options.scales)
+        coarse = options.coarse_evaluations or budget
+        return [ScalePlan(s, coarse) for s in sizes[:-1]] + [ScalePlan(sizes[-1], budget)]
+    for count in range(auto_scale_count(size, smallest_side), 0, -1):  # fewer scales when the budget is tiny
+        sizes = auto_sizes(size, count)
+        shares = [AUTO_GROWTH ** (count - 1 - k) for k in range(count)]
+        last = budget / sum(share * full_size_fraction(s, size) for share, s in zip(shares, sizes, strict=True))
+        plans = [ScalePlan(s, max(1, math.floor(share * last))) for share, s in zip(shares, sizes[:-1], strict=False)]
+        left = math.floor(budget - sum(plan.evaluations * full_size_fraction(plan.size, size) for plan in plans) + 1e-9)
+        if left >= 1:
+            return [*plans, ScalePlan(size, left)]
+    raise AssertionError("unreachable: one scale always fits a budget of at least 1")
+
+
+def job_schedule(job: Job) -> list[ScalePlan]:
+    """``schedule`` for a job: its own schedule never takes a style image below MIN_SIDE_PX."""
+    sides = [min(job.size)] + [min(style.image.shape[2:]) for style in job.styles]
+    return schedule(job.size, job.options, min(sides))
 
 
 def initial_canvas(init: Init, job: Job) -> FloatArray:
     """Where the optimisation starts, at the first scale's size: the photo, the caller's image, gray or noise."""
-    width, height = scale_sizes(job.size, job.options.scales)[0]
+    width, height = job_schedule(job)[0].size
     if init is Init.CONTENT and job.content is not None:
         return images.resize(job.content, (width, height)).copy()
     if init is Init.IMAGE and job.init_image is not None:
@@ -83,6 +152,12 @@ def _prepare_scale(graphs: LossModel, job: Job, styles: tuple[FloatArray, ...], 
     return _Scale(evaluate, content)
 
 
+def carry_inverse_hessian_scale(scale: float, size: tuple[int, int], next_size: tuple[int, int]) -> float:
+    """L-BFGS's H0 scale for the next, larger scale: the loss averages over positions, so its curvature per
+    pixel falls, and the inverse Hessian's scale grows, with the pixel count."""
+    return scale * (next_size[0] * next_size[1]) / (size[0] * size[1])
+
+
 def _presentable(job: Job, image: FloatArray, content: FloatArray | None) -> FloatArray:
     """What the caller sees of an iterate: under luminance-only transfer, the photo's chroma on its luminance."""
     if job.options.colour_preservation is ColourPreservation.LUMINANCE and content is not None:
@@ -108,12 +183,18 @@ def _reporter(
 
 def _optimise(
     job: Job, scale: _Scale, canvas: FloatArray, budget: int, on_step: Callable[[optimise.Step], None],
-    should_stop: Callable[[], bool],
+    should_stop: Callable[[], bool], inverse_hessian_scale: float | None,
 ) -> optimise.Outcome:  # fmt: skip
     options = job.options
+    converged = optimise.Plateau(options.min_improvement, MIN_IMPROVEMENT_WINDOW)
     if options.optimizer is Optimizer.LBFGS:
-        return optimise.lbfgs(scale.evaluate, canvas, budget, options.lbfgs_history, on_step, should_stop)
-    return optimise.adam(scale.evaluate, canvas, budget, options.learning_rate, on_step, should_stop)
+        return optimise.lbfgs(
+            scale.evaluate, canvas, budget, options.lbfgs_history, on_step, should_stop, converged=converged,
+            inverse_hessian_scale=inverse_hessian_scale,
+        )  # fmt: skip
+    return optimise.adam(
+        scale.evaluate, canvas, budget, options.learning_rate, on_step, should_stop, converged=converged
+    )
 
 
 def stylize(
@@ -126,34 +207,41 @@ def stylize(
     """Run ``job`` to the end, emitting Started, then per scale ScaleStarted, Progress and Preview, last Result."""
     began = time.perf_counter()
     options = job.options
-    sizes = scale_sizes(job.size, options.scales)
-    budgets = [options.coarse_evaluations or options.max_evaluations] * (len(sizes) - 1) + [options.max_evaluations]
+    plans = job_schedule(job)
     emit(
-        Started(job.job_id, job.model, *job.size, options.max_evaluations, options.optimizer, graphs.device, len(sizes))
+        Started(job.job_id, job.model, *job.size, options.max_evaluations, options.optimizer, graphs.device, len(plans))
     )
     styles = _styles_for_colour(job)
     canvas = initial_canvas(options.init, job)
     iterations = evaluations = 0
+    full_size_evaluations = 0.0
     preparing_s = optimising_s = evaluating_s = 0.0
     clock: float | None = None  # Progress.elapsed_s counts from the end of the first warm-up
-    for number, (size, budget) in enumerate(zip(sizes, budgets, strict=True), start=1):
+    carried: float | None = None  # L-BFGS's H0 scale from the previous scale, rescaled to this one
+    for number, (size, budget) in enumerate(((plan.size, plan.evaluations) for plan in plans), start=1):
         prepared = time.perf_counter()
         canvas = images.resize(canvas, size)
         scale = _prepare_scale(graphs, job, styles, canvas)
         optimising = time.perf_counter()
         preparing_s += optimising - prepared
         clock = clock or optimising
-        emit(ScaleStarted(number, len(sizes), *size, budget))
+        emit(ScaleStarted(number, len(plans), *size, budget))
         on_step = _reporter(job, scale, canvas.shape, (iterations, evaluations), clock, emit)
         warm_up_s = scale.evaluate.seconds  # the warm-up's run, if this size was new: preparation, not optimisation
-        outcome = _optimise(job, scale, canvas, budget, on_step, should_stop)
+        outcome = _optimise(job, scale, canvas, budget, on_step, should_stop, carried)
         evaluating_s += scale.evaluate.seconds - warm_up_s
         canvas = outcome.x.reshape(canvas.shape).astype(np.float32)
         iterations, evaluations = iterations + outcome.iterations, evaluations + outcome.evaluations
+        full_size_evaluations += outcome.evaluations * full_size_fraction(size, job.size)
+        if outcome.inverse_hessian_scale is not None and number < len(plans):
+            carried = carry_inverse_hessian_scale(outcome.inverse_hessian_scale, size, plans[number].size)
         optimising_s += time.perf_counter() - optimising
     image = images.encode(_presentable(job, canvas, scale.content), options.output_format)
     finished = time.perf_counter()
     timings = Timings(queued_s, preparing_s, optimising_s, finished - began + queued_s, evaluating_s)
-    result = Result(image, options.output_format, *job.size, outcome.losses, iterations, evaluations, timings)
+    result = Result(
+        image, options.output_format, *job.size, outcome.losses, iterations, evaluations, timings,
+        StopReason(outcome.reason.value), full_size_evaluations,
+    )  # fmt: skip
     emit(result)
     return result

@@ -211,6 +211,17 @@ def test_scales_print_scale_started_lines(server: InProcessServer, inputs: Input
     assert (scales[1]["width"], scales[1]["height"]) == (64, 48)
 
 
+def test_min_improvement_stops_early_and_says_so(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
+    """--min-improvement 0.99 ends the job on its first plateau check; the result line says converged."""
+    out = tmp_path / "styled.png"
+    done = nst("stylize", inputs.content, inputs.style, "-o", out, "--server", server.address, *QUICK, "40",
+               "--min-improvement", "0.99", "--progress", "json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["stop_reason"] == "converged"
+    assert result["evaluations"] < 40
+
+
 def test_texture_writes_the_requested_size(server: InProcessServer, inputs: Inputs, tmp_path: Path) -> None:
     """--texture with --width 48 --height 40 treats CONTENT as a style and writes a 48x40 texture."""
     out = tmp_path / "texture.png"

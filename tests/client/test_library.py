@@ -282,6 +282,15 @@ def test_two_scales_announce_each_scale(client: StyleClient, inputs: Inputs) -> 
     assert (result.width, result.height, result.evaluations) == (64, 48, 5)
 
 
+def test_result_says_why_it_stopped_and_counts_full_size_evaluations(client: StyleClient, inputs: Inputs) -> None:
+    """Result carries the stop reason (budget, or converged under min_improvement) and both evaluation counts."""
+    spent = client.stylize(inputs.content, inputs.style, max_evaluations=3, **QUICK).result()
+    assert (spent.stop_reason, spent.evaluations, spent.full_size_evaluations) == ("budget", 3, 3.0)
+    plateau = client.stylize(inputs.content, inputs.style, max_evaluations=40, min_improvement=0.99, **QUICK).result()
+    assert plateau.stop_reason == "converged"
+    assert plateau.evaluations < 40
+
+
 def test_blend_weights_one_and_zero_give_the_single_style(client: StyleClient, inputs: Inputs) -> None:
     """Styles blended with weights (1, 0) give the same image bytes as the first style alone."""
     other = Image.new("RGB", (64, 64), (200, 30, 30))

@@ -186,6 +186,11 @@ BAD_REQUESTS = {
         dict(options=pb.StylizeOptions(max_side_px=64, scales=4)),
         "options.scales: the coarsest of 4 scales is 23x17",
     ),
+    "min-improvement-range": (
+        dict(options=pb.StylizeOptions(min_improvement=1.0)),
+        "options.min_improvement: 1.0 is not allowed; expected 0 <= value < 1",
+    ),
+    "min-improvement-nan": (dict(options=pb.StylizeOptions(min_improvement=float("nan"))), "options.min_improvement"),
     "texture-size-with-content": (dict(options=pb.StylizeOptions(width_px=64)), "options.width_px/height_px"),
     "colour-without-content": (
         dict(content_image=b"", options=pb.StylizeOptions(colour_preservation=pb.COLOUR_PRESERVATION_LUMINANCE)),

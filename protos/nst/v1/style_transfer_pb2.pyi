@@ -34,6 +34,12 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+
+class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STOP_REASON_UNSPECIFIED: _ClassVar[StopReason]
+    STOP_REASON_BUDGET: _ClassVar[StopReason]
+    STOP_REASON_CONVERGED: _ClassVar[StopReason]
 COLOUR_PRESERVATION_UNSPECIFIED: ColourPreservation
 COLOUR_PRESERVATION_NONE: ColourPreservation
 COLOUR_PRESERVATION_LUMINANCE: ColourPreservation
@@ -50,6 +56,9 @@ IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
+STOP_REASON_UNSPECIFIED: StopReason
+STOP_REASON_BUDGET: StopReason
+STOP_REASON_CONVERGED: StopReason
 
 class StylizeRequest(_message.Message):
     __slots__ = ("content_image", "style_images", "options", "model")
@@ -74,7 +83,7 @@ class StyleImage(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., blend_weight: _Optional[float] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class StylizeOptions(_message.Message):
-    __slots__ = ("max_side_px", "max_evaluations", "optimizer", "learning_rate", "content_weight", "style_weight", "tv_weight", "init", "seed", "preview_every", "output_format", "lbfgs_history", "colour_preservation", "scales", "coarse_evaluations", "init_image", "content_layers", "style_layers", "style_layer_weights", "width_px", "height_px")
+    __slots__ = ("max_side_px", "max_evaluations", "optimizer", "learning_rate", "content_weight", "style_weight", "tv_weight", "init", "seed", "preview_every", "output_format", "lbfgs_history", "colour_preservation", "scales", "coarse_evaluations", "init_image", "content_layers", "style_layers", "style_layer_weights", "width_px", "height_px", "min_improvement")
     MAX_SIDE_PX_FIELD_NUMBER: _ClassVar[int]
     MAX_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +105,7 @@ class StylizeOptions(_message.Message):
     STYLE_LAYER_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     WIDTH_PX_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_PX_FIELD_NUMBER: _ClassVar[int]
+    MIN_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
     max_side_px: int
     max_evaluations: int
     optimizer: Optimizer
@@ -117,7 +127,8 @@ class StylizeOptions(_message.Message):
     style_layer_weights: _containers.RepeatedScalarFieldContainer[float]
     width_px: int
     height_px: int
-    def __init__(self, max_side_px: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., init: _Optional[_Union[Init, str]] = ..., seed: _Optional[int] = ..., preview_every: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., lbfgs_history: _Optional[int] = ..., colour_preservation: _Optional[_Union[ColourPreservation, str]] = ..., scales: _Optional[int] = ..., coarse_evaluations: _Optional[int] = ..., init_image: _Optional[bytes] = ..., content_layers: _Optional[_Iterable[str]] = ..., style_layers: _Optional[_Iterable[str]] = ..., style_layer_weights: _Optional[_Iterable[float]] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ...) -> None: ...
+    min_improvement: float
+    def __init__(self, max_side_px: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., init: _Optional[_Union[Init, str]] = ..., seed: _Optional[int] = ..., preview_every: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., lbfgs_history: _Optional[int] = ..., colour_preservation: _Optional[_Union[ColourPreservation, str]] = ..., scales: _Optional[int] = ..., coarse_evaluations: _Optional[int] = ..., init_image: _Optional[bytes] = ..., content_layers: _Optional[_Iterable[str]] = ..., style_layers: _Optional[_Iterable[str]] = ..., style_layer_weights: _Optional[_Iterable[float]] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ..., min_improvement: _Optional[float] = ...) -> None: ...
 
 class StylizeResponse(_message.Message):
     __slots__ = ("queued", "started", "progress", "preview", "result", "scale_started")
@@ -226,7 +237,7 @@ class Timings(_message.Message):
     def __init__(self, queued_s: _Optional[float] = ..., warmup_s: _Optional[float] = ..., optimise_s: _Optional[float] = ..., total_s: _Optional[float] = ..., evaluate_s: _Optional[float] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("image", "format", "width", "height", "losses", "iterations", "evaluations", "timings")
+    __slots__ = ("image", "format", "width", "height", "losses", "iterations", "evaluations", "timings", "stop_reason", "full_size_evaluations")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +246,8 @@ class Result(_message.Message):
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    FULL_SIZE_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     format: ImageFormat
     width: int
@@ -243,7 +256,9 @@ class Result(_message.Message):
     iterations: int
     evaluations: int
     timings: Timings
-    def __init__(self, image: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., losses: _Optional[_Union[Losses, _Mapping]] = ..., iterations: _Optional[int] = ..., evaluations: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    stop_reason: StopReason
+    full_size_evaluations: float
+    def __init__(self, image: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., losses: _Optional[_Union[Losses, _Mapping]] = ..., iterations: _Optional[int] = ..., evaluations: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., stop_reason: _Optional[_Union[StopReason, str]] = ..., full_size_evaluations: _Optional[float] = ...) -> None: ...
 
 class DescribeModelRequest(_message.Message):
     __slots__ = ()

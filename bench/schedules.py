@@ -1,0 +1,155 @@
+"""`python -m bench.schedules`: the experiments behind the server's default schedule, in-process for speed.
+
+Each variant runs the server's own pipeline (``nst_server.pipeline.stylize``) on the README's demo images with
+some of its schedule constants or options changed, and reports the full-size-equivalent evaluations and seconds
+until its final-scale loss reaches a target: scipy's L-BFGS-B (over the same onnxruntime evaluator, history 10,
+bounds [0, 1], ftol = gtol = 0) after ``--target-evaluations`` evaluations. Evaluations are the machine-
+independent figure; seconds include the coarse scales' preparation and suffer from whatever else runs.
+The headline figures come from `python -m bench.quality`, through gRPC; this module only ranks ideas.
+
+    python -m bench.schedules --model DIR --side 256 --target-evaluations 200 --budget 200 VARIANT ...
+
+A VARIANT is NAME[:key=value,...] with keys among the pipeline constants (ratio, coarsest, growth), the
+options (scales, coarse_evaluations, lbfgs_history, optimizer, learning_rate, min_improvement) and carry=0
+(no L-BFGS state across scales).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import service
+from .quality import loadavg
+
+
+def _job(content: Path, style: Path, side: int, options: Any) -> Any:
+    from nst_server import images
+    from nst_server.job import Job, Style
+
+    photo = images.decode(content.read_bytes(), "content", 1 << 30)
+    size = images.size_for_longest_side(*photo.size, side)
+    painting = images.decode(style.read_bytes(), "style", 1 << 30)
+    style_array = images.to_array(painting, images.size_for_longest_side(*painting.size, side))
+    return Job("bench", "model", size, images.to_array(photo, size), (Style(style_array),), options)
+
+
+def target(graphs: Any, job: Any, evaluations: int, cache: Path) -> dict[str, Any]:
+    """scipy's L-BFGS-B over the server's evaluator at the job's size: its loss after ``evaluations``."""
+    key = f"{job.size[0]}x{job.size[1]}-{evaluations}"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key in known:
+        return known[key]  # type: ignore[no-any-return]
+    from nst_server.targets import job_targets
+
+    start = time.perf_counter()
+    evaluate = graphs.evaluator(
+        job.content.shape[2:], job_targets(graphs, job.content, [job.styles[0].image], None),
+        graphs.manifest.default_loss_weights,
+    )  # fmt: skip
+    outcome = service.scipy_lbfgsb(evaluate, job.content.copy(), evaluations, 10, lambda _: None, lambda: False)
+    known[key] = {"loss": outcome.losses.total, "seconds": time.perf_counter() - start, "loadavg": loadavg()}
+    cache.write_text(json.dumps(known, indent=1))
+    return known[key]  # type: ignore[no-any-return]
+
+
+_CONSTANTS = {"ratio": "AUTO_RATIO", "coarsest": "AUTO_COARSEST_SIDE_PX", "growth": "AUTO_GROWTH"}
+
+
+def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]:
+    """One in-process job under a variant; when its final-scale loss first reaches ``goal``."""
+    from nst_server import pipeline
+    from nst_server.errors import Cancelled
+    from nst_server.job import Optimizer, Progress, ScaleStarted
+
+    name, _, rest = spec.partition(":")
+    saved = {attr: getattr(pipeline, attr) for attr in [*_CONSTANTS.values(), "carry_inverse_hessian_scale"]}
+    options = job.options
+    try:
+        for item in filter(None, rest.split(",")):
+            key, _, value = item.partition("=")
+            if key in _CONSTANTS:
+                setattr(pipeline, _CONSTANTS[key], float(value))
+            elif key == "carry":
+                pipeline.carry_inverse_hessian_scale = lambda *_: None  # type: ignore[assignment]
+            elif key == "optimizer":
+                options = dataclasses.replace(options, optimizer=Optimizer(value))
+            else:
+                field = type(getattr(options, key))
+                options = dataclasses.replace(options, **{key: field(value)})
+        state: dict[str, Any] = {"fraction": 1.0, "evaluations": 0, "equivalent": 0.0, "last": False, "reached": None}
+        plans = pipeline.job_schedule(dataclasses.replace(job, options=options))
+        start = time.perf_counter()
+
+        def emit(event: Any) -> None:
+            if isinstance(event, ScaleStarted):
+                state["fraction"] = event.width * event.height / (job.size[0] * job.size[1])
+                state["last"] = event.scale == event.scales
+            elif isinstance(event, Progress):
+                state["equivalent"] += (event.evaluations - state["evaluations"]) * state["fraction"]
+                state["evaluations"] = event.evaluations
+                if state["last"] and state["reached"] is None and event.losses.total <= goal:
+                    state["reached"] = (state["equivalent"], time.perf_counter() - start)
+
+        load = loadavg()
+        try:  # a variant that reaches the goal stops there: only the time to reach it is wanted
+            result = pipeline.stylize(
+                dataclasses.replace(job, options=options), graphs, emit, lambda: state["reached"] is not None
+            )
+        except Cancelled:
+            result = None
+        seconds = time.perf_counter() - start
+    finally:
+        for attr, value in saved.items():
+            setattr(pipeline, attr, value)
+    reached = state["reached"]
+    return {
+        "variant": spec,
+        "name": name,
+        "plans": [[*plan.size, plan.evaluations] for plan in plans],  # width, height, evaluations
+        "final_loss": None if result is None else result.losses.total,
+        "evaluations": state["evaluations"],
+        "full_size_evaluations": round(state["equivalent"], 1),
+        "stop_reason": "reached the target" if result is None else result.stop_reason.value,
+        "seconds": round(seconds, 1),
+        "reached_equivalent": None if reached is None else round(reached[0], 1),
+        "reached_s": None if reached is None else round(reached[1], 1),
+        "loadavg": load,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.schedules", description=__doc__.split("\n\n")[0])
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--target-evaluations", type=int, default=200)
+    parser.add_argument("--budget", type=int, default=200, help="max_evaluations of every variant")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=Path("bench/results/schedule_targets.json"))
+    parser.add_argument("--out", type=Path, help="append each variant's JSON line here")
+    args = parser.parse_args(argv)
+    from nst_server.graphs import LossGraphs
+    from nst_server.job import Options
+
+    graphs = LossGraphs(args.model, device="cpu", threads=args.threads)
+    content, style, _ = service.inputs(Path("/tmp"), args.side)
+    job = _job(content, style, args.side, Options(max_side_px=args.side, max_evaluations=args.budget))
+    goal = target(graphs, job, args.target_evaluations, args.cache)
+    print(json.dumps({"target": goal, "side": args.side, "target_evaluations": args.target_evaluations}))
+    for spec in args.variants:
+        row = run_variant(graphs, job, spec, goal["loss"])
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with args.out.open("a") as out:
+                out.write(json.dumps(row | {"side": args.side, "target": goal}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
