@@ -296,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     specs = args.schedule or ["default:max_evaluations={budget}", "single-scale:scales=1,max_evaluations={budget}"]
     from nst_client import StyleClient
-
-    from tests.servers import start_server
+    from nst_server.testing import start_server
 
     from . import machine
 

@@ -35,6 +35,7 @@ from ._types import (
     ScaleStarted,
     ServerInfo,
     Started,
+    StopReasonName,
     Style,
     StyleTransferError,
     StylizeOptions,
@@ -42,7 +43,7 @@ from ._types import (
 )
 
 _FIELDS = pb.StylizeOptions.DESCRIPTOR.fields_by_name
-_STOP_REASONS = {pb.STOP_REASON_BUDGET: "budget", pb.STOP_REASON_CONVERGED: "converged"}
+_STOP_REASONS: dict[int, StopReasonName] = {pb.STOP_REASON_BUDGET: "budget", pb.STOP_REASON_CONVERGED: "converged"}
 # Modes PNG stores as they are; anything else (CMYK, YCbCr, LAB, HSV, F, I;16...) goes through RGB.
 _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I"}
 
@@ -226,8 +227,16 @@ def to_event(response: pb.StylizeResponse) -> Event | None:
         r, t = response.result, response.result.timings
         timings = Timings(t.queued_s, t.warmup_s, t.optimise_s, t.total_s, t.evaluate_s)
         return Result(
-            r.image, _format(r.format), r.width, r.height, _losses(r.losses), r.iterations, r.evaluations, timings,
-            _STOP_REASONS.get(r.stop_reason, "unspecified"), r.full_size_evaluations,  # type: ignore[arg-type]
+            r.image,
+            _format(r.format),
+            r.width,
+            r.height,
+            _losses(r.losses),
+            r.iterations,
+            r.evaluations,
+            timings,
+            _STOP_REASONS.get(r.stop_reason, "unspecified"),
+            r.full_size_evaluations,
         )
     return None
 

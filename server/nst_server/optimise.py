@@ -124,7 +124,7 @@ class _Pairs:
         if not self._order:
             return None
         newest = self._order[-1]
-        return 1.0 / (self.rho[newest] * float(sdot(self.y[newest], self.y[newest])))
+        return 1.0 / (float(self.rho[newest]) * float(sdot(self.y[newest], self.y[newest])))
 
     def apply_inverse_hessian(self, q: npt.NDArray[np.float32]) -> None:
         """q <- H q in place by the two-loop recursion, H0 scaled by the newest pair's s.y / y.y."""

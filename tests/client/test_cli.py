@@ -211,7 +211,7 @@ def test_scales_print_scale_started_lines(server: InProcessServer, inputs: Input
     assert (scales[1]["width"], scales[1]["height"]) == (64, 48)
 
 
-def test_min_improvement_stops_early_and_says_so(server: ServerProcess, inputs: Inputs, tmp_path: Path) -> None:
+def test_min_improvement_stops_early_and_says_so(server: InProcessServer, inputs: Inputs, tmp_path: Path) -> None:
     """--min-improvement 0.99 ends the job on its first plateau check; the result line says converged."""
     out = tmp_path / "styled.png"
     done = nst("stylize", inputs.content, inputs.style, "-o", out, "--server", server.address, *QUICK, "40",
