@@ -31,7 +31,8 @@ from .model import Evaluator, LossModel
 from .targets import job_targets, layer_weights
 
 GRAY = 0.5  # the flat start image of Init.GRAY
-# The server's own schedule (Options.scales = 0), chosen by bench/schedules.py (BENCHMARKS.md, "Time to quality"):
+# The server's own schedule (Options.scales = 0), after SPST (Galerne et al. 2023); measured in BENCHMARKS.md, "Time to
+# quality", where what is left to try (growth 1 or 2, bench/schedules.py) is listed:
 AUTO_RATIO = 2.0  # between consecutive scales
 AUTO_COARSEST_SIDE_PX = 128  # scales are added while the next coarser one keeps at least this longest side
 AUTO_GROWTH = 3.0  # each coarser scale gets this many times the next one's evaluations (SPST's 600/200/66/30)
