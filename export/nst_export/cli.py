@@ -15,7 +15,7 @@ import onnx
 import torch
 from nst_server.manifest import Manifest, Preprocessing
 
-from .onnx_graphs import OPSET, write_graphs
+from .onnx_graphs import OPSET, tile_geometry, write_graphs
 from .parity import check_parity, random_images
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, RELU_LAYERS, VGG19Features, deepest_layer
 from .weights import (
@@ -142,6 +142,8 @@ def export(args: argparse.Namespace) -> Path:
         opset=OPSET,
         exporter=_exporter(),
         seed=args.seed if weights == "random" else None,
+        tile_halo_px=tile_geometry(model.layers)[0],
+        tile_align_px=tile_geometry(model.layers)[1],
     )
     staging = _staging_dir(out)
     try:

@@ -206,10 +206,25 @@ def _guided_gram(b: _Builder, features: str, channels: int, guide: str) -> _Gram
     return _Gram(b.op("Div", product, count), guided, count)
 
 
-def _mean_square(b: _Builder, diff: str) -> tuple[str, str]:
-    """mean(diff^2) as a scalar, and the element count as a float scalar."""
+def _sum_of_squares(b: _Builder, values: str) -> str:
+    """sum(values^2) as a float scalar, accumulated in float64.
+
+    onnxruntime's float32 ReduceSum drifts with size: the TV term of a 1024x768 image came out 8e-5 (relative)
+    off, more than the tiled evaluation's agreement is meant to be; squares and sum in float64 cost little.
+    """
+    wide = b.op("Cast", values, to=TensorProto.DOUBLE)
+    return b.op("Cast", b.op("ReduceSum", b.op("Mul", wide, wide), keepdims=0), to=TensorProto.FLOAT)
+
+
+def _mean_square(b: _Builder, diff: str, wide: bool = False) -> tuple[str, str]:
+    """mean(diff^2) as a scalar, and the element count as a float scalar; ``wide``: summed in float64.
+
+    Image-sized terms (content, TV) are summed wide; the style terms' N x N differences are small, and stay
+    float32 so that the guided and plain formulations remain bit-identical.
+    """
     count = b.op("Cast", b.op("Size", diff), to=TensorProto.FLOAT)
-    return b.op("Div", b.op("ReduceSum", b.op("Mul", diff, diff), keepdims=0), count), count
+    total = _sum_of_squares(b, diff) if wide else b.op("ReduceSum", b.op("Mul", diff, diff), keepdims=0)
+    return b.op("Div", total, count), count
 
 
 def _layer_weight(b: _Builder, weights_input: str, index: int) -> str:
@@ -283,7 +298,7 @@ def _total_variation_circular(b: _Builder, image: str) -> tuple[str, str]:
     grad: str | None = None
     for axis in (2, 3):
         diff = b.op("Sub", _roll(b, image, -1, axis), image)  # x[i+1] - x[i], i+1 taken mod the size
-        term, count = _mean_square(b, diff)
+        term, count = _mean_square(b, diff, wide=True)
         loss = _add(b, loss, term)
         d_diff = b.op("Mul", diff, b.op("Div", b.f32(2.0), count))
         grad = _add(b, grad, b.op("Sub", _roll(b, d_diff, 1, axis), d_diff))
@@ -292,21 +307,30 @@ def _total_variation_circular(b: _Builder, image: str) -> tuple[str, str]:
     return loss, grad
 
 
+def _tv_differences(b: _Builder, image: str, axis: int) -> str:
+    """x[i+1] - x[i] along ``axis`` (one shorter there)."""
+    upper = b.op("Slice", image, b.i64(1), b.i64(_INT64_MAX), b.i64(axis))
+    lower = b.op("Slice", image, b.i64(0), b.i64(-1), b.i64(axis))
+    return b.op("Sub", upper, lower)
+
+
+def _tv_gradient(b: _Builder, diff: str, scale: str, axis: int) -> str:
+    """d(sum(diff^2) * scale / 2)/dimage: each difference pushes its two pixels apart."""
+    d_diff = b.op("Mul", diff, scale)
+    before, after = [0] * 8, [0] * 8
+    before[axis], after[axis + 4] = 1, 1
+    return b.op("Sub", b.op("Pad", d_diff, b.i64(*before)), b.op("Pad", d_diff, b.i64(*after)))
+
+
 def _total_variation(b: _Builder, image: str) -> tuple[str, str]:
     """L_tv and dL_tv/dimage."""
     loss: str | None = None
     grad: str | None = None
     for axis in (2, 3):
-        upper = b.op("Slice", image, b.i64(1), b.i64(_INT64_MAX), b.i64(axis))
-        lower = b.op("Slice", image, b.i64(0), b.i64(-1), b.i64(axis))
-        diff = b.op("Sub", upper, lower)
-        term, count = _mean_square(b, diff)
+        diff = _tv_differences(b, image, axis)
+        term, count = _mean_square(b, diff, wide=True)
         loss = _add(b, loss, term)
-        d_diff = b.op("Mul", diff, b.op("Div", b.f32(2.0), count))
-        before, after = [0] * 8, [0] * 8
-        before[axis], after[axis + 4] = 1, 1
-        shifted = b.op("Sub", b.op("Pad", d_diff, b.i64(*before)), b.op("Pad", d_diff, b.i64(*after)))
-        grad = _add(b, grad, shifted)
+        grad = _add(b, grad, _tv_gradient(b, diff, b.op("Div", b.f32(2.0), count), axis))
     assert loss is not None
     assert grad is not None
     return loss, grad
@@ -422,7 +446,7 @@ def _loss_gradients(
     content_loss: str | None = None
     for index, name in enumerate(manifest.content_layers):
         diff = b.op("Sub", forward.outputs[name], mf.content_target_name(name))
-        term, count = _mean_square(b, diff)
+        term, count = _mean_square(b, diff, wide=True)
         weight = _layer_weight(b, mf.CONTENT_LAYER_WEIGHTS_INPUT, index)
         content_loss = _add(b, content_loss, b.op("Mul", weight, term))
         # d(alpha w mean(diff^2))/dF = 2 alpha w diff / count
@@ -447,18 +471,11 @@ def _loss_gradients(
     return content_loss, style_loss, grads
 
 
-def build_loss_graph(
-    model: VGG19Features, manifest: mf.Manifest, circular: bool = False, guided: bool = True
-) -> onnx.ModelProto:
-    """image, targets, region guides and weights -> loss, its unweighted terms, and d(loss)/d(image), in one run.
-
-    ``guided=False`` builds the plain Gatys graph without guide inputs (Gram targets (N, N)), the formulation
-    before spatial control: the tests prove the guided graph gives bit-identical results on all-ones guides.
-    """
-    b = _Builder()
-    forward = _forward(b, model, manifest.pooling, manifest.preprocessing, circular)
-    content_loss, style_loss, layer_grads = _loss_gradients(b, model, forward, manifest, guided)
-
+def _backward(
+    b: _Builder, model: VGG19Features, forward: _Forward, layer_grads: dict[str, str], manifest: mf.Manifest
+) -> str:
+    """d/dimage of a loss whose gradient at each loss layer's output is ``layer_grads``, back through VGG."""
+    circular = forward.circular
     grad: str | None = None
     for layer in reversed(model.layers):
         if layer.name in layer_grads:
@@ -473,7 +490,22 @@ def build_loss_graph(
             grad = _pool_backward(b, grad, forward.inputs[layer.name], forward.outputs[layer.name], manifest.pooling)
     assert grad is not None
     scale, _, _ = _preprocessing(manifest.preprocessing)
-    image_grad = b.op("Mul", grad, b.const(scale.reshape(1, 3, 1, 1), "pre_scale"))
+    return b.op("Mul", grad, b.const(scale.reshape(1, 3, 1, 1), "pre_scale"))
+
+
+def build_loss_graph(
+    model: VGG19Features, manifest: mf.Manifest, circular: bool = False, guided: bool = True
+) -> onnx.ModelProto:
+    """image, targets, region guides and weights -> loss, its unweighted terms, and d(loss)/d(image), in one run.
+
+    ``guided=False`` builds the plain Gatys graph without guide inputs (Gram targets (N, N)), the formulation
+    before spatial control: the tests prove the guided graph gives bit-identical results on all-ones guides.
+    """
+    b = _Builder()
+    forward = _forward(b, model, manifest.pooling, manifest.preprocessing, circular)
+    content_loss, style_loss, layer_grads = _loss_gradients(b, model, forward, manifest, guided)
+
+    image_grad = _backward(b, model, forward, layer_grads, manifest)
     tv_loss, tv_grad = (_total_variation_circular if circular else _total_variation)(b, mf.IMAGE_INPUT)
     image_grad = b.op("Add", image_grad, b.op("Mul", tv_grad, mf.TV_WEIGHT_INPUT))
 
@@ -511,11 +543,135 @@ def build_loss_graph(
     return _model(b, "nst_loss_and_grad_circular" if circular else "nst_loss_and_grad", inputs, outputs, manifest)
 
 
+# Exact tiled evaluation, after Galerne et al., "Scaling Painting Style Transfer" (SPST, 2023).
+#
+# The loss is a sum over feature positions: L_c = sum_q (F_q - P_q)^2 / (N M) and G = sum_q F_q F_q^T / (N M), and
+# L_tv a sum over neighbouring pixel pairs. So an image split into inner regions (a partition) gives the loss
+# exactly from per-region partial sums (first graph), with the counts N M of the whole image, not of a tile. The
+# gradient at a pixel p is sum_q dL/dF_q dF_q/dp over the features q whose receptive field holds p, with dL/dF_q =
+# K F_q + c (F_q - P_q) local given the global K = 2 beta w (D + D^T) / (N^3 M), D = G - A (second graph).
+#
+# A tile is its inner region plus a halo of real neighbouring pixels; where the inner region meets the image's
+# border the tile stops there too, so the convolutions' zero padding is the whole image's. A value computed in a
+# tile equals the whole image's where its receptive field does not reach a cut edge of the tile. With a receptive
+# field of R px (156 for relu5_1: VGG's 3x3 convolutions and 2x2 poolings), a feature covering p reaches at most
+# R - 1 px past p on either side; so with a halo of at least R - 1 px:
+# - every feature of the inner region is exact (forward: its receptive field lies in the tile), and
+# - every feature whose receptive field holds an inner pixel, and every activation, ReLU mask and pooling argmax on
+#   the way back from it, is exact; features spoilt by the cut edge are too far away to reach an inner pixel.
+# Tile origins (inner and outer) sit on the pooling grid (2^poolings = 16 px, the halo rounded up to it): the 2x2
+# windows are then the whole image's windows, and an inner region's features are whole positions of each layer.
+# TV needs only the neighbouring pixel, which the halo (or the image border) provides.
+
+
+def receptive_field(layers: tuple[Layer, ...]) -> tuple[int, int]:
+    """(receptive field in px, stride in px) of the last of ``layers``."""
+    size, stride = 1, 1
+    for layer in layers:
+        if layer.kind == "conv":
+            size += 2 * stride  # 3x3, padding 1
+        elif layer.kind == "pool":
+            size += stride  # 2x2, stride 2
+            stride *= 2
+    return size, stride
+
+
+def tile_geometry(layers: tuple[Layer, ...]) -> tuple[int, int]:
+    """(halo, alignment) in px for exact tiles of a model made of ``layers`` (160 and 16 to relu5_1)."""
+    size, align = receptive_field(layers)
+    halo = -(-(size - 1) // align) * align
+    return halo, align
+
+
+def _layer_stride(model: VGG19Features, name: str) -> int:
+    index = [layer.name for layer in model.layers].index(name)
+    return receptive_field(model.layers[: index + 1])[1]
+
+
+def _inner_features(b: _Builder, features: str, stride: int) -> str:
+    """``features`` (stride ``stride`` px) restricted to the tile's inner region."""
+    corners = b.op("Div", mf.TILE_INNER_INPUT, b.i64(stride))  # non-negative: integer division is floor
+    starts = b.op("Slice", corners, b.i64(0), b.i64(2))
+    return b.op("Slice", features, starts, b.op("Slice", corners, b.i64(2), b.i64(4)), b.i64(2, 3))
+
+
+def _tile_inputs() -> list[onnx.ValueInfoProto]:
+    return [_image_input(), helper.make_tensor_value_info(mf.TILE_INNER_INPUT, TensorProto.INT64, [4])]
+
+
+def build_tile_forward_graph(model: VGG19Features, manifest: mf.Manifest) -> onnx.ModelProto:
+    """tile, inner region -> the inner region's content features, F F^T sums and squared TV differences.
+
+    Also the targets of an image too large to run whole: its content features and Gram sums, tile by tile.
+    """
+    b = _Builder()
+    forward = _forward(b, model, manifest.pooling, manifest.preprocessing)
+    layer = {layer.name: layer for layer in model.layers}
+    outputs = []
+    for name in manifest.content_layers:
+        b.output(_inner_features(b, forward.outputs[name], _layer_stride(model, name)), mf.tile_content_name(name))
+        outputs.append(_feature_info(mf.tile_content_name(name), layer[name]))
+    for name in manifest.style_layers:
+        inner = _inner_features(b, forward.outputs[name], _layer_stride(model, name))
+        matrix = b.op("Reshape", inner, b.i64(layer[name].out_channels, -1))
+        b.output(b.op("MatMul", matrix, b.op("Transpose", matrix, perm=[1, 0])), mf.tile_gram_sum_name(name))
+        outputs.append(_gram_info(mf.tile_gram_sum_name(name), layer[name]))
+    # The pair (i, i+1) belongs to the region holding i; Slice clamps the image's last row/column away.
+    sums = []
+    for axis in (2, 3):
+        diff = _tv_differences(b, mf.IMAGE_INPUT, axis)
+        starts = b.op("Slice", mf.TILE_INNER_INPUT, b.i64(0), b.i64(2))
+        ends = b.op("Slice", mf.TILE_INNER_INPUT, b.i64(2), b.i64(4))
+        owned = b.op("Slice", diff, starts, ends, b.i64(2, 3))
+        sums.append(b.op("Reshape", _sum_of_squares(b, owned), b.i64(1)))
+    b.output(b.op("Concat", *sums, axis=0), mf.TILE_TV_SUMS_OUTPUT)
+    outputs.append(helper.make_tensor_value_info(mf.TILE_TV_SUMS_OUTPUT, TensorProto.FLOAT, [2]))
+    return _model(b, "nst_tile_forward", _tile_inputs(), outputs, manifest)
+
+
+def build_tile_grad_graph(model: VGG19Features, manifest: mf.Manifest) -> onnx.ModelProto:
+    """tile, inner region, global K_l, content targets over the tile, scales -> d(loss)/d(image) on the inner region."""
+    b = _Builder()
+    forward = _forward(b, model, manifest.pooling, manifest.preprocessing)
+    layer = {layer.name: layer for layer in model.layers}
+    layer_grads: dict[str, str] = {}
+    for index, name in enumerate(manifest.content_layers):
+        diff = b.op("Sub", forward.outputs[name], mf.content_target_name(name))
+        scale = _layer_weight(b, mf.TILE_CONTENT_SCALES_INPUT, index)
+        layer_grads[name] = _add(b, layer_grads.get(name), b.op("Mul", diff, scale))
+    for name in manifest.style_layers:
+        features = forward.outputs[name]
+        matrix = b.op("Reshape", features, b.i64(layer[name].out_channels, -1))
+        product = b.op("MatMul", mf.style_grad_matrix_name(name), matrix)
+        layer_grads[name] = _add(b, layer_grads.get(name), b.op("Reshape", product, b.op("Shape", features)))
+    grad = _backward(b, model, forward, layer_grads, manifest)
+    for index, axis in enumerate((2, 3)):
+        scale = _layer_weight(b, mf.TILE_TV_SCALES_INPUT, index)
+        grad = b.op("Add", grad, _tv_gradient(b, _tv_differences(b, mf.IMAGE_INPUT, axis), scale, axis))
+    starts = b.op("Slice", mf.TILE_INNER_INPUT, b.i64(0), b.i64(2))
+    ends = b.op("Slice", mf.TILE_INNER_INPUT, b.i64(2), b.i64(4))
+    b.output(b.op("Slice", grad, starts, ends, b.i64(2, 3)), mf.TILE_GRAD_OUTPUT)
+
+    inputs = [
+        *_tile_inputs(),
+        *(_feature_info(mf.content_target_name(n), layer[n]) for n in manifest.content_layers),
+        *(_gram_info(mf.style_grad_matrix_name(n), layer[n]) for n in manifest.style_layers),
+        helper.make_tensor_value_info(mf.TILE_CONTENT_SCALES_INPUT, TensorProto.FLOAT, [len(manifest.content_layers)]),
+        helper.make_tensor_value_info(mf.TILE_TV_SCALES_INPUT, TensorProto.FLOAT, [2]),
+    ]
+    output = helper.make_tensor_value_info(
+        mf.TILE_GRAD_OUTPUT, TensorProto.FLOAT, [1, 3, "inner.height", "inner.width"]
+    )
+    return _model(b, "nst_tile_grad", inputs, [output], manifest)
+
+
 def write_graphs(model: VGG19Features, manifest: mf.Manifest, directory: Path) -> None:
-    """Write both graphs, and their circular-padding variants, into ``directory`` (which must exist)."""
+    """Write the graphs, their circular-padding variants and the tile graphs into ``directory`` (which must exist)."""
     if deepest_layer(manifest.content_layers + manifest.style_layers) != model.layers[-1].name:
         raise ValueError("the model must end at the deepest loss layer")
     onnx.save(build_targets_graph(model, manifest), directory / mf.TARGETS_FILE)
     onnx.save(build_loss_graph(model, manifest), directory / mf.LOSS_FILE)
     onnx.save(build_targets_graph(model, manifest, circular=True), directory / mf.CIRCULAR_TARGETS_FILE)
     onnx.save(build_loss_graph(model, manifest, circular=True), directory / mf.CIRCULAR_LOSS_FILE)
+    onnx.save(build_tile_forward_graph(model, manifest), directory / mf.TILE_FORWARD_FILE)
+    onnx.save(build_tile_grad_graph(model, manifest), directory / mf.TILE_GRAD_FILE)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import auth
 from .app import load_models, serve
-from .config import Limits, ServerConfig
+from .config import MAX_SIDE_TILED_PX, MAX_SIDE_WHOLE_PX, MIN_TILE_PX, Limits, ServerConfig
 from .graphs import DeviceUnavailableError
 
 log = logging.getLogger("nst_server")
@@ -61,8 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-side",
         dest="max_side_px",
         type=int,
-        default=d.limits.max_side_px,
-        help=f"longest output side in px (default {d.limits.max_side_px})",
+        default=None,
+        help=f"longest output side in px (default {MAX_SIDE_TILED_PX}, or {MAX_SIDE_WHOLE_PX} with --tile-size 0)",
+    )
+    parser.add_argument(
+        "--tile-size",
+        dest="tile_px",
+        type=int,
+        default=d.tile_px,
+        metavar="PX",
+        help=f"evaluate images whose longer side exceeds PX exactly in PX tiles (plus a 160 px halo), so memory "
+        f"follows PX, not the image; a multiple of 16 from {MIN_TILE_PX}, or 0 for whole images only "
+        f"(default {d.tile_px})",
     )
     parser.add_argument(
         "--max-evaluations",
@@ -127,7 +137,13 @@ def _usage_problem(config: ServerConfig) -> str | None:
     """What makes these settings unusable, as one line; None when they are fine."""
     for limit in ("max_concurrent", "max_pixels", "max_side_px", "max_evaluations", "max_styles", "max_message_bytes"):
         if getattr(config.limits, limit) < 1:
-            return f"--{limit.replace('_', '-')} must be at least 1"
+            flag = "max-side" if limit == "max_side_px" else limit.replace("_", "-")
+            return f"--{flag} must be at least 1"
+    if config.tile_px and (config.tile_px < MIN_TILE_PX or config.tile_px % 16):
+        return (
+            f"--tile-size {config.tile_px}: must be 0 (whole images only) or a multiple of 16 px (the pooling grid) "
+            f"of at least {MIN_TILE_PX}"
+        )
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together: give both (TLS) or neither (plaintext)"
     return None
@@ -142,6 +158,8 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
     """
     settings = dict(vars(args))
     token = auth.read_token(settings.pop("token_file"), environ)
+    if settings["max_side_px"] is None:
+        settings["max_side_px"] = MAX_SIDE_TILED_PX if args.tile_px else MAX_SIDE_WHOLE_PX
     limits = Limits(**{limit.name: settings.pop(limit.name) for limit in dataclasses.fields(Limits)})
     return ServerConfig(**{**settings, "model_dirs": tuple(args.model_dirs), "limits": limits, "token": token})
 

@@ -16,10 +16,16 @@ class Limits:
     max_concurrent: int = 1  # jobs computing at once; one job already uses every core of a CPU
     max_queue: int = 8  # jobs waiting for a slot
     max_pixels: int = 16_777_216  # of any input image, checked before decoding (4096 x 4096)
-    max_side_px: int = 1024  # longest side of the output
+    max_side_px: int = 4096  # longest side of the output; `nst-server` makes it 1024 with --tile-size 0
     max_evaluations: int = 5000  # per job
     max_styles: int = 8  # style images per request
     max_message_bytes: int = 64 * 1024 * 1024  # of a request
+
+
+DEFAULT_TILE_PX = 384  # BENCHMARKS.md, "Large images": a 704 px tile (with its halo) keeps 2048x1536 near 2.2 GB
+MAX_SIDE_TILED_PX = 4096  # default --max-side when tiling is on
+MAX_SIDE_WHOLE_PX = 1024  # default --max-side with --tile-size 0: a whole 1024 px image takes about 2.6 GB
+MIN_TILE_PX = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,9 @@ class ServerConfig:
     device: Device = "auto"
     threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
     limits: Limits = field(default_factory=Limits)
+    # Images whose longer side exceeds this are evaluated exactly in tiles of it (plus a 160 px halo), so memory
+    # follows the tile size, not the image's; 0 = whole images only. A multiple of 16, the pooling grid.
+    tile_px: int = DEFAULT_TILE_PX
     drain_s: float = 5.0  # after SIGTERM, health answers NOT_SERVING this long before the listener closes
     grace_s: float = 30.0  # then running jobs get this long to finish before they are cancelled
     max_connection_age_s: float = 0.0  # then GOAWAY, so clients re-resolve DNS and find new replicas; 0 = never

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -16,9 +18,13 @@ import onnxruntime as ort
 
 from . import manifest as mf
 from .config import Device
+from .errors import InvalidRequest
 from .job import FloatArray
 from .model import Evaluation, Evaluator, Regions
 from .targets import layer_weights
+
+if TYPE_CHECKING:
+    from .tiles import TiledEvaluator, TileGraphs
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +188,19 @@ class LossGraphs:
     """Both graphs of one exported model directory, loaded once and shared by every job."""
 
     def __init__(
-        self, model_dir: Path, device: Device = "auto", threads: int = 0, profile_dir: Path | None = None
+        self,
+        model_dir: Path,
+        device: Device = "auto",
+        threads: int = 0,
+        profile_dir: Path | None = None,
+        tile_px: int = 0,
     ) -> None:
-        """Load both graphs; with ``profile_dir``, the loss graph's runs are profiled (see ``end_profiling``)."""
+        """Load the graphs; with ``profile_dir``, the loss graph's runs are profiled (see ``end_profiling``).
+
+        With ``tile_px``, images whose longer side exceeds it are evaluated exactly in tiles of that many px
+        (plus halo; ``nst_server.tiles``); 0 evaluates every image whole. Raises ValueError when the model
+        directory has no tile graphs (exported before tiled evaluation existed).
+        """
         loss_options = _session_options(threads)
         if profile_dir is not None:  # for `python -m bench.profile`: the server never profiles
             loss_options.enable_profiling = True
@@ -206,6 +222,9 @@ class LossGraphs:
             raise ValueError(f"{model_dir / mf.LOSS_FILE}: no {mf.METADATA_KEY} metadata; not made by nst-export")
         self.manifest = mf.Manifest.from_json(metadata[mf.METADATA_KEY])
         self._warm_shapes: set[tuple[int, ...]] = set()
+        self.tiles: TileGraphs | None = None
+        if tile_px:
+            self.tiles = self._load_tiles(model_dir, threads, providers, tile_px)
         log.info(
             "loaded model %s (%s weights, %s pooling) on %s",
             self.name,
@@ -214,8 +233,44 @@ class LossGraphs:
             self.device,
         )
 
+    def _load_tiles(self, model_dir: Path, threads: int, providers: list[str], tile_px: int) -> TileGraphs:
+        from .tiles import TileGraphs  # tiles imports this module
+
+        files = (model_dir / mf.TILE_FORWARD_FILE, model_dir / mf.TILE_GRAD_FILE)
+        align = self.manifest.tile_align_px
+        if self.manifest.tile_halo_px is None or align is None or not all(path.exists() for path in files):
+            raise ValueError(
+                f"{model_dir}: no tile graphs (exported before tiled evaluation); export it again with this "
+                "version of nst-export, or serve it with --tile-size 0 (whole images only)"
+            )
+        if tile_px % align:
+            raise ValueError(f"--tile-size {tile_px}: must be a multiple of {align} px (the pooling grid)")
+        forward, grad = (_session(path, _session_options(threads), providers) for path in files)
+        return TileGraphs(forward, grad, self.manifest, tile_px)
+
+    def tiled(self, shape: tuple[int, int]) -> bool:
+        """Whether an image of ``shape`` (height, width) is evaluated in tiles."""
+        return self.tiles is not None and max(shape) > self.tiles.tile_px
+
+    def _refuse_tiled(self, shape: tuple[int, int], guided: bool, circular: bool) -> None:
+        """Region masks and circular padding hold whole-image state the tile graphs do not take (yet): refuse."""
+        if guided or circular:
+            assert self.tiles is not None
+            what = "masks (region guides)" if guided else "tileable (circular) output"
+            raise InvalidRequest(
+                f"{what}: only up to the server's tile size, {self.tiles.tile_px} px on the longer side; this "
+                f"job's working size is {shape[1]}x{shape[0]}; ask for max_side_px {self.tiles.tile_px} or less"
+            )
+
     def warm_up(self, evaluator: Evaluator, image: FloatArray) -> None:
-        """Evaluate once if this size is new to the process: onnxruntime plans memory per shape on first run."""
+        """Evaluate once if this size is new to the process: onnxruntime plans memory per shape on first run.
+
+        Tiled evaluators are not warmed up: an evaluation is already many runs, and at their sizes a whole one.
+        """
+        from .tiles import TiledEvaluator
+
+        if isinstance(evaluator, TiledEvaluator):
+            return
         assert isinstance(evaluator, SessionEvaluator), "an evaluator from this model's evaluator()"
         key = (id(evaluator.session), *evaluator.shape)
         if key not in self._warm_shapes:
@@ -254,12 +309,20 @@ class LossGraphs:
             return self._circular
 
     def targets(
-        self, image: FloatArray, guide: FloatArray | None = None, circular: bool = False
+        self,
+        image: FloatArray,
+        guide: FloatArray | None = None,
+        circular: bool = False,
+        should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, FloatArray]:
         """Content features and (guided) Gram matrices of ``image``, keyed by the loss graph's input names.
 
         ``guide`` (H, W) in [0, 1] selects the part of the image whose Gram matrices count; default all of it.
+        Above the tile size the plain targets come from the tile graphs (exact, in bounded memory).
         """
+        if self.tiles is not None and self.tiled(image.shape[2:]):
+            self._refuse_tiled(image.shape[2:], guide is not None, circular)
+            return self.tiles.targets(image, should_stop)
         session = self._sessions(circular)[0]
         height, width = image.shape[2:]
         mask = np.ones((1, height, width), np.float32) if guide is None else guide.reshape(1, height, width)
@@ -276,14 +339,23 @@ class LossGraphs:
         style_layer_weights: tuple[float, ...] | None = None,
         regions: Regions | None = None,
         circular: bool = False,
-    ) -> SessionEvaluator:
+        should_stop: Callable[[], bool] | None = None,
+    ) -> SessionEvaluator | TiledEvaluator:
         """An evaluator at ``shape`` (height, width) with everything but the image bound once.
 
         Per-layer weights left None are ``targets.layer_weights``' defaults: 1 per content layer, style layers
         equal and summing to 1. Without ``regions`` the style applies everywhere (one region); a Gram target
         given as (N, N) is that one region's. ``circular`` evaluates the circular-padding graph: a tileable image.
+        Above the tile size it is a ``TiledEvaluator`` (plain loss only), which checks ``should_stop`` between tiles.
         """
         default_content, default_style = layer_weights(self.manifest)
+        content_weights = content_layer_weights or default_content
+        style_weights = style_layer_weights or default_style
+        if self.tiles is not None and self.tiled(shape):
+            from .tiles import TiledEvaluator
+
+            self._refuse_tiled(shape, regions is not None, circular)
+            return TiledEvaluator(self.tiles, shape, targets, loss_weights, content_weights, style_weights, should_stop)
         regions = regions or Regions.everywhere(shape)
         feeds = {name: array[np.newaxis] if array.ndim == 2 else array for name, array in targets.items()}
         feeds[mf.REGION_GUIDES_INPUT] = regions.guides
@@ -291,6 +363,6 @@ class LossGraphs:
         feeds[mf.CONTENT_WEIGHT_INPUT] = np.array(loss_weights.content, np.float32)
         feeds[mf.STYLE_WEIGHT_INPUT] = np.array(loss_weights.style, np.float32)
         feeds[mf.TV_WEIGHT_INPUT] = np.array(loss_weights.tv, np.float32)
-        feeds[mf.CONTENT_LAYER_WEIGHTS_INPUT] = np.array(content_layer_weights or default_content, np.float32)
-        feeds[mf.STYLE_LAYER_WEIGHTS_INPUT] = np.array(style_layer_weights or default_style, np.float32)
+        feeds[mf.CONTENT_LAYER_WEIGHTS_INPUT] = np.array(content_weights, np.float32)
+        feeds[mf.STYLE_LAYER_WEIGHTS_INPUT] = np.array(style_weights, np.float32)
         return SessionEvaluator(self._sessions(circular)[1], self.device, shape, feeds)

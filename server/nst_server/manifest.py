@@ -24,6 +24,9 @@ LOSS_FILE = "loss_and_grad.onnx"
 # The same graphs with circular instead of zero padding in every convolution (and a wrapping L_tv): tileable output.
 CIRCULAR_TARGETS_FILE = "targets_circular.onnx"
 CIRCULAR_LOSS_FILE = "loss_and_grad_circular.onnx"
+# Exact tiled evaluation (large images): a tile's partial sums, and a tile's share of the image gradient.
+TILE_FORWARD_FILE = "tile_forward.onnx"
+TILE_GRAD_FILE = "tile_grad.onnx"
 
 Pooling = Literal["max", "avg"]
 Preprocessing = Literal["imagenet", "caffe"]
@@ -41,6 +44,29 @@ GUIDE_INPUT = "guide"
 REGION_GUIDES_INPUT = "region_guides"
 REGION_WEIGHTS_INPUT = "region_weights"
 LOSS_OUTPUTS = ("loss", "content_loss", "style_loss", "tv_loss", "grad")
+
+# The tile graphs' own names. ``inner`` is (top, left, bottom, right) in the tile's pixels: the region whose
+# sums (forward) or gradient (backward) the tile owns; the rest of the tile is halo.
+TILE_INNER_INPUT = "inner"
+TILE_TV_SUMS_OUTPUT = "tile_tv_sums"  # sum of squared vertical and horizontal differences owned by the tile
+TILE_CONTENT_SCALES_INPUT = "content_grad_scales"  # per content layer: 2 alpha w_l / (N_l M_l), global M_l
+TILE_TV_SCALES_INPUT = "tv_grad_scales"  # 2 gamma / (number of vertical, horizontal differences of the image)
+TILE_GRAD_OUTPUT = "tile_grad"  # d(loss)/d(image) over the inner region
+
+
+def tile_content_name(layer: str) -> str:
+    """Tile forward output: content features of the inner region at ``layer``."""
+    return f"tile_content.{layer}"
+
+
+def tile_gram_sum_name(layer: str) -> str:
+    """Tile forward output: sum over the inner region's positions of F F^T at ``layer`` (not normalised)."""
+    return f"tile_gram_sum.{layer}"
+
+
+def style_grad_matrix_name(layer: str) -> str:
+    """Tile gradient input: K_l with d(beta L_s)/dF_l = K_l F_l; K_l = 2 beta w_l (D + D^T) / (N_l^3 M_l), D = G - A."""
+    return f"style_grad_matrix.{layer}"
 
 
 def content_target_name(layer: str) -> str:
@@ -87,6 +113,10 @@ class Manifest:
     opset: int
     exporter: str  # package and library versions that wrote the graphs
     seed: int | None = None  # only for random weights
+    # Tiled evaluation: the halo around a tile's inner region and the grid tile origins sit on (px); None when
+    # the export has no tile graphs (an older model directory): such a model evaluates whole images only.
+    tile_halo_px: int | None = None
+    tile_align_px: int | None = None
     format_version: int = FORMAT_VERSION
 
     @property

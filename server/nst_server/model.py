@@ -7,6 +7,7 @@ load without onnxruntime or grpc (tests/server/test_import_boundary.py holds the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,9 +74,16 @@ class LossModel(Protocol):
     def manifest(self) -> Manifest: ...
 
     def targets(
-        self, image: FloatArray, guide: FloatArray | None = None, circular: bool = False
+        self,
+        image: FloatArray,
+        guide: FloatArray | None = None,
+        circular: bool = False,
+        should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, FloatArray]:
-        """Content features and (guided) Gram matrices of ``image``, keyed by the loss graph's input names."""
+        """Content features and (guided) Gram matrices of ``image``, keyed by the loss graph's input names.
+
+        Large images are computed in tiles, which check ``should_stop`` between them.
+        """
         ...
 
     def evaluator(
@@ -87,8 +95,12 @@ class LossModel(Protocol):
         style_layer_weights: tuple[float, ...] | None = None,
         regions: Regions | None = None,
         circular: bool = False,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Evaluator:
-        """An evaluator at ``shape`` (height, width) with everything but the image bound once."""
+        """An evaluator at ``shape`` (height, width) with everything but the image bound once.
+
+        Above the model's tile size it evaluates in tiles, checking ``should_stop`` between them.
+        """
         ...
 
     def warm_up(self, evaluator: Evaluator, image: FloatArray) -> None:

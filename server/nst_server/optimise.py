@@ -140,6 +140,19 @@ class _Pairs:
             saxpy(self.s[row], q, a=alpha - beta)
 
 
+# The history's memory: each pair is 8 bytes per pixel value (s and y, float32), so 10 pairs of a 4096x3072 image
+# would be 3 GB. Above this budget fewer pairs are kept (see ``history_within``).
+LBFGS_HISTORY_BYTES = 384 * 2**20
+
+
+def history_within(requested: int, n: int, budget_bytes: int = LBFGS_HISTORY_BYTES) -> int:
+    """The L-BFGS pairs kept for ``n`` unknowns: as requested while they fit in ``budget_bytes``, never under 1.
+
+    Of 10 pairs, a 1024x768 image keeps 10, 2048x1536 keeps 5 and 4096x3072 keeps 1 (BENCHMARKS.md: the harm).
+    """
+    return max(1, min(requested, budget_bytes // (8 * n)))
+
+
 _CURVATURE_EPSILON = 1e-10
 _ARMIJO = 1e-4  # sufficient decrease: f(x + t d) <= f(x) + ARMIJO * g.(step taken)
 _MAX_BACKTRACKS = 10

@@ -130,8 +130,18 @@ class _Scale:
     content: FloatArray | None
 
 
-def _prepare_scale(graphs: LossModel, job: Job, styles: tuple[FloatArray, ...], canvas: FloatArray) -> _Scale:
-    """Targets at the canvas's size; the canvas stands in for a missing photo or style, whose weights are 0."""
+def _prepare_scale(
+    graphs: LossModel,
+    job: Job,
+    styles: tuple[FloatArray, ...],
+    canvas: FloatArray,
+    should_stop: Callable[[], bool],
+) -> _Scale:
+    """Targets at the canvas's size; the canvas stands in for a missing photo or style, whose weights are 0.
+
+    Above the server's tile size the targets and the evaluator are tiled (exact, in bounded memory); the
+    evaluator then checks ``should_stop`` between tiles as well as the optimiser before each evaluation.
+    """
     height, width = canvas.shape[2:]
     ratio = width / job.size[0]
     content = images.resize(job.content, (width, height)) if job.content is not None else None
@@ -144,11 +154,14 @@ def _prepare_scale(graphs: LossModel, job: Job, styles: tuple[FloatArray, ...], 
         canvas if content is None else content,
         scaled or [canvas],
         [style.blend_weight for style in job.styles] or None,
+        should_stop,
     )
     options = job.options
     content_weights, style_weights = layer_weights(graphs.manifest, options, content is not None, bool(styles))
     loss_weights = options.loss_weights or graphs.manifest.default_loss_weights
-    evaluate = graphs.evaluator((height, width), targets, loss_weights, content_weights, style_weights)
+    evaluate = graphs.evaluator(
+        (height, width), targets, loss_weights, content_weights, style_weights, should_stop=should_stop
+    )
     graphs.warm_up(evaluate, canvas)
     return _Scale(evaluate, content)
 
@@ -189,8 +202,9 @@ def _optimise(
     options = job.options
     converged = optimise.Plateau(options.min_improvement, MIN_IMPROVEMENT_WINDOW)
     if options.optimizer is Optimizer.LBFGS:
+        history = optimise.history_within(options.lbfgs_history, canvas.size)
         return optimise.lbfgs(
-            scale.evaluate, canvas, budget, options.lbfgs_history, on_step, should_stop, converged=converged,
+            scale.evaluate, canvas, budget, history, on_step, should_stop, converged=converged,
             inverse_hessian_scale=inverse_hessian_scale,
         )  # fmt: skip
     return optimise.adam(
@@ -222,7 +236,7 @@ def stylize(
     for number, (size, budget) in enumerate(((plan.size, plan.evaluations) for plan in plans), start=1):
         prepared = time.perf_counter()
         canvas = images.resize(canvas, size)
-        scale = _prepare_scale(graphs, job, styles, canvas)
+        scale = _prepare_scale(graphs, job, styles, canvas, should_stop)
         optimising = time.perf_counter()
         preparing_s += optimising - prepared
         clock = clock or optimising

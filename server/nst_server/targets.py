@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -12,22 +12,27 @@ from .model import LossModel
 
 
 def job_targets(
-    graphs: LossModel, content: FloatArray, styles: Sequence[FloatArray], blend: Sequence[float] | None = None
+    graphs: LossModel,
+    content: FloatArray,
+    styles: Sequence[FloatArray],
+    blend: Sequence[float] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, FloatArray]:
     """Loss-graph inputs for one job: F_l(p) per content layer, sum_k b_k G_l(a_k) per style layer.
 
-    ``blend`` weights the styles (default equal); they are normalised to sum to 1.
+    ``blend`` weights the styles (default equal); they are normalised to sum to 1. Tiled targets (large images)
+    check ``should_stop`` between tiles.
     """
     weights = np.asarray(blend if blend is not None else [1.0] * len(styles), np.float64)
     weights = weights / weights.sum()
     manifest = graphs.manifest
     feeds = {
         name: features
-        for name, features in graphs.targets(content).items()
+        for name, features in graphs.targets(content, should_stop=should_stop).items()
         if name in {content_target_name(layer) for layer in manifest.content_layers}
     }
     for weight, style in zip(weights, styles, strict=True):
-        grams = graphs.targets(style)
+        grams = graphs.targets(style, should_stop=should_stop)
         for layer in manifest.style_layers:
             name = gram_target_name(layer)
             term = (weight * grams[name]).astype(np.float32)

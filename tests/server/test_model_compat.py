@@ -12,11 +12,20 @@ from nst_server import manifest as mf
 from nst_server.__main__ import main as server_main
 from nst_server.graphs import LossGraphs, check_readable
 
+_GRAPHS = (
+    mf.TARGETS_FILE,
+    mf.LOSS_FILE,
+    mf.CIRCULAR_TARGETS_FILE,
+    mf.CIRCULAR_LOSS_FILE,
+    mf.TILE_FORWARD_FILE,
+    mf.TILE_GRAD_FILE,
+)
+
 
 def _rewrite(model_dir: Path, out: Path, *, min_onnxruntime: str | None = None, ir_version: int | None = None) -> Path:
     """A copy of ``model_dir`` whose files carry another minimum onnxruntime and/or IR version."""
     shutil.copytree(model_dir, out)
-    for name in (mf.TARGETS_FILE, mf.LOSS_FILE, mf.CIRCULAR_TARGETS_FILE, mf.CIRCULAR_LOSS_FILE):
+    for name in _GRAPHS:
         model = onnx.load(str(out / name))
         if min_onnxruntime is not None:
             props = {p.key: p.value for p in model.metadata_props}
@@ -31,7 +40,7 @@ def _rewrite(model_dir: Path, out: Path, *, min_onnxruntime: str | None = None, 
 
 def test_the_header_reader_agrees_with_onnx(model_dir: Path) -> None:
     """IR version, opsets and metadata read by the server's own reader, as onnx reads them."""
-    for name in (mf.TARGETS_FILE, mf.LOSS_FILE, mf.CIRCULAR_TARGETS_FILE, mf.CIRCULAR_LOSS_FILE):
+    for name in _GRAPHS:
         model = onnx.load(str(model_dir / name), load_external_data=False)
         header = mf.read_model_header(model_dir / name)
         assert header.ir_version == model.ir_version
