@@ -6,6 +6,7 @@ known, so these tests check the pipeline's own logic (the real graphs are tested
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -68,14 +69,23 @@ class _Model:
     warmed: set[tuple[int, ...]] = field(default_factory=set)
 
     def targets(
-        self, image: FloatArray, guide: FloatArray | None = None, circular: bool = False
+        self,
+        image: FloatArray,
+        guide: FloatArray | None = None,
+        circular: bool = False,
+        should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, FloatArray]:
         level = np.float32(image.mean())
         feeds = {content_target_name(layer): np.full((1, 2, 2, 2), level) for layer in MANIFEST.content_layers}
         return feeds | {gram_target_name(layer): np.eye(2, dtype=np.float32) * level for layer in STYLE_LAYERS}
 
     def evaluator(
-        self, shape: tuple[int, int], targets: dict[str, FloatArray], loss_weights: LossWeights, *layer_weights: object
+        self,
+        shape: tuple[int, int],
+        targets: dict[str, FloatArray],
+        loss_weights: LossWeights,
+        *layer_weights: object,
+        should_stop: Callable[[], bool] | None = None,
     ) -> _Evaluator:
         """Records the per-layer weights the pipeline passes (content, style)."""
         assert set(targets) == {content_target_name("relu4_2"), *map(gram_target_name, STYLE_LAYERS)}
