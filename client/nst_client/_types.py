@@ -231,13 +231,13 @@ class StylizeOptions:
     colour_preservation: ColourPreservationName | None = None  # "none" (default), "luminance" or "histogram"
     scales: int | None = None  # coarse-to-fine steps, sqrt(2) apart (the server's schedule, from the size)
     coarse_evaluations: int | None = None  # budget of each scale but the last, with scales (max_evaluations)
-    min_improvement: float | None = None  # stop a scale once the loss falls less than this over 10 iterations (off)
     init_image: ImageInput | None = None  # the start image, with init="image"
     content_layers: Sequence[str] | None = None  # subset of the model's (all)
     style_layers: Sequence[str] | None = None  # subset of the model's (all)
     style_layer_weights: Sequence[float] | None = None  # one per style layer, normalised (equal)
     width_px: int | None = None  # texture synthesis only: output width (max_side_px)
     height_px: int | None = None  # texture synthesis only: output height (max_side_px)
+    min_improvement: float | None = None  # stop a scale once the loss falls less than this over 10 iterations (off)
 
 
 def _decode(data: bytes) -> Image.Image:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,7 @@ class Evaluation:
     grad: FloatArray
 
 
+@runtime_checkable
 class Evaluator(Protocol):
     """Loss and gradient at one image size, with one job's targets and weights bound."""
 

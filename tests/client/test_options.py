@@ -28,7 +28,7 @@ def test_every_option_set_reaches_the_message_and_none_leaves_it_unset() -> None
         tv_weight=0, init="image", seed=4, preview_every=2, output_format="webp", lbfgs_history=7,
         colour_preservation="histogram", scales=2, coarse_evaluations=3, init_image=png(8, 8),
         content_layers=["relu4_2"], style_layers=["relu1_1", "relu2_1"], style_layer_weights=[1, 2], width_px=40,
-        height_px=30,
+        height_px=30, min_improvement=0.001,
     )  # fmt: skip
     message = options_to_pb(every)
     for field in pb.StylizeOptions.DESCRIPTOR.fields:

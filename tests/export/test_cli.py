@@ -37,7 +37,7 @@ def test_metadata_records_the_export(caffe_avg_model_dir: Path, weights_file: Pa
 def test_ir_version_and_minimum_onnxruntime_are_explicit(model_dir: Path) -> None:
     """IR 8 (not the installed onnx's newest) and the oldest onnxruntime the project supports, in both files."""
     files = sorted(model_dir.glob("*.onnx"))
-    assert len(files) == 4  # the plain and the circular-padding pair
+    assert len(files) == 6  # the plain, the circular-padding and the tile pair
     for path in files:
         model = onnx.load(str(path), load_external_data=False)
         assert model.ir_version == IR_VERSION == 8

@@ -91,10 +91,12 @@ def _fail_unless_multiple_of_seven(loss_graph: Path) -> None:
 
 @pytest.fixture(name="faulty_model_dir", scope="module")
 def _faulty_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test model with its loss graph edited to fail for some image sizes; the targets graph is shared."""
+    """The test model with its loss graph edited to fail for some image sizes; its other graphs are shared."""
     folder = tmp_path_factory.mktemp("models") / "faulty"
     folder.mkdir()
-    (folder / "targets.onnx").symlink_to(model_dir / "targets.onnx")
+    for graph in model_dir.glob("*.onnx"):
+        if graph.name != "loss_and_grad.onnx":
+            (folder / graph.name).symlink_to(graph)
     (folder / "loss_and_grad.onnx").write_bytes((model_dir / "loss_and_grad.onnx").read_bytes())
     _fail_unless_multiple_of_seven(folder / "loss_and_grad.onnx")
     return folder

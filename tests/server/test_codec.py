@@ -63,7 +63,7 @@ def test_unset_options_are_the_documented_defaults() -> None:
     assert options.loss_weights == MANIFEST.default_loss_weights
     assert (options.init, options.seed, options.preview_every) == (Init.CONTENT, 0, 0)
     assert (options.output_format, options.colour_preservation) == (ImageFormat.PNG, ColourPreservation.NONE)
-    assert (options.scales, options.coarse_evaluations) == (1, 0)
+    assert (options.scales, options.coarse_evaluations) == (0, 0)  # 0 scales: the server's own schedule
     assert (options.content_layers, options.style_layers, options.style_layer_weights) == ((), (), ())
     assert (job.model, job.size) == ("first", (256, 192))
     assert job.content is not None
