@@ -19,6 +19,27 @@ from .graphs import DeviceUnavailableError
 log = logging.getLogger("nst_server")
 
 
+# One --max-* flag per Limits field (config.Limits documents each), with what it limits; --max-side, whose default
+# depends on --tile-size, has its own.
+_LIMIT_FLAGS = {
+    "max_concurrent": "jobs computing at once",
+    "max_queue": "jobs waiting for a slot",
+    "max_pixels": "pixels of any input image",
+    "max_evaluations": "per job",
+    "max_styles": "style images per request",
+    "max_message_bytes": "request size",
+}
+_SECONDS_FLAGS = {  # ServerConfig field: (flag, what it times)
+    "drain_s": ("--drain", "seconds NOT_SERVING before closing"),
+    "grace_s": ("--grace", "seconds for running jobs on shutdown"),
+}
+
+
+def _flag(limit: str) -> str:
+    """``max_side_px`` -> ``--max-side``: a limit's flag."""
+    return "--" + limit.removesuffix("_px").replace("_", "-")
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig(model_dirs=())
     parser = argparse.ArgumentParser(prog="nst-server", description="Serve Gatys style transfer over gRPC.")
@@ -39,24 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (default)",
     )
     parser.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per job (0 = all cores)")
-    parser.add_argument(
-        "--max-concurrent",
-        type=int,
-        default=d.limits.max_concurrent,
-        help=f"jobs computing at once (default {d.limits.max_concurrent})",
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=int,
-        default=d.limits.max_queue,
-        help=f"jobs waiting for a slot (default {d.limits.max_queue})",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=d.limits.max_pixels,
-        help=f"pixels of any input image (default {d.limits.max_pixels})",
-    )
+    for limit, what in _LIMIT_FLAGS.items():
+        parser.add_argument(
+            _flag(limit), type=int, default=getattr(d.limits, limit), help=f"{what} (default %(default)s)"
+        )
     parser.add_argument(
         "--max-side",
         dest="max_side_px",
@@ -74,38 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"follows PX, not the image; a multiple of 16 from {MIN_TILE_PX}, or 0 for whole images only "
         f"(default {d.tile_px})",
     )
-    parser.add_argument(
-        "--max-evaluations",
-        type=int,
-        default=d.limits.max_evaluations,
-        help=f"per job (default {d.limits.max_evaluations})",
-    )
-    parser.add_argument(
-        "--max-styles",
-        type=int,
-        default=d.limits.max_styles,
-        help=f"style images per request (default {d.limits.max_styles})",
-    )
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=d.limits.max_message_bytes,
-        help=f"request size (default {d.limits.max_message_bytes})",
-    )
-    parser.add_argument(
-        "--drain",
-        dest="drain_s",
-        type=float,
-        default=d.drain_s,
-        help=f"seconds NOT_SERVING before closing (default {d.drain_s:g})",
-    )
-    parser.add_argument(
-        "--grace",
-        dest="grace_s",
-        type=float,
-        default=d.grace_s,
-        help=f"seconds for running jobs on shutdown (default {d.grace_s:g})",
-    )
+    for dest, (flag, what) in _SECONDS_FLAGS.items():
+        parser.add_argument(flag, dest=dest, type=float, default=getattr(d, dest), help=f"{what} (default %(default)g)")
     parser.add_argument(
         "--max-connection-age",
         dest="max_connection_age_s",
@@ -135,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _usage_problem(config: ServerConfig) -> str | None:
     """What makes these settings unusable, as one line; None when they are fine."""
-    for limit in ("max_concurrent", "max_pixels", "max_side_px", "max_evaluations", "max_styles", "max_message_bytes"):
-        if getattr(config.limits, limit) < 1:
-            flag = "max-side" if limit == "max_side_px" else limit.replace("_", "-")
-            return f"--{flag} must be at least 1"
+    for limit in dataclasses.fields(Limits):
+        least = 0 if limit.name == "max_queue" else 1  # a server may refuse to queue at all
+        if getattr(config.limits, limit.name) < least:
+            return f"{_flag(limit.name)} must be at least {least}"
     if config.tile_px and (config.tile_px < MIN_TILE_PX or config.tile_px % 16):
         return (
             f"--tile-size {config.tile_px}: must be 0 (whole images only) or a multiple of 16 px (the pooling grid) "

@@ -74,6 +74,7 @@ def test_save_every_writes_previews(server: InProcessServer, inputs: Inputs, tmp
     assert [line["path"] for line in lines if line["event"] == "preview"] == [str(tmp_path / n) for n in previews]
 
 
+@pytest.mark.slow  # seconds: a job run until interrupted, or gRPC's retry backoff
 def test_unreachable_server(inputs: Inputs, tmp_path: Path) -> None:
     """With nobody listening the CLI exits 1 with one stderr line naming the address, after gRPC's retries end."""
     address = f"127.0.0.1:{free_port()}"
@@ -141,6 +142,7 @@ def _sigint_as_on_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow  # seconds: a job run until interrupted, or gRPC's retry backoff
 def test_interrupt_cancels_the_job(server: InProcessServer, inputs: Inputs, tmp_path: Path) -> None:
     """SIGINT exits 130, the server cancels the job, and its only slot then serves the next job."""
     before = server.outcomes()

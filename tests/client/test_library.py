@@ -109,6 +109,7 @@ def test_cancel_raises_cancelled(client: StyleClient, server: InProcessServer, i
     server.wait_outcome("cancelled", since=before)
 
 
+@pytest.mark.slow  # waits for a deadline to pass
 def test_deadline_passes_through(client: StyleClient, inputs: Inputs) -> None:
     """A job past timeout_s ends with DEADLINE_EXCEEDED, and the next job runs."""
     with pytest.raises(StyleTransferError) as error:
@@ -183,6 +184,7 @@ def test_missing_file_raises_oserror(client: StyleClient, inputs: Inputs, tmp_pa
         client.stylize(tmp_path / "absent.png", inputs.style)
 
 
+@pytest.mark.slow  # gRPC's retry backoff runs its course: seconds
 def test_unreachable_server_is_unavailable() -> None:
     """A call to a port nobody listens on raises StyleTransferError with UNAVAILABLE once retries are spent."""
     with StyleClient(f"127.0.0.1:{free_port()}") as client, pytest.raises(StyleTransferError) as error:

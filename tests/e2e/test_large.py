@@ -30,6 +30,7 @@ def _large_request(width: int, height: int, evaluations: int) -> pb.StylizeReque
     )
 
 
+@pytest.mark.slow
 @pytest.mark.large
 def test_2048x1536_job_peak_rss_is_bounded_by_the_tile(model_dir: Path) -> None:
     """Three L-BFGS evaluations at 2048x1536 (the style taken at that size too), server defaults: peak RSS <= 2.5 GB.
@@ -53,6 +54,7 @@ def test_2048x1536_job_peak_rss_is_bounded_by_the_tile(model_dir: Path) -> None:
         assert server.terminate() == 0
 
 
+@pytest.mark.slow  # tiled jobs above the tile size: tens of seconds on 2 cores
 @pytest.mark.parametrize("colour", [pb.COLOUR_PRESERVATION_LUMINANCE, pb.COLOUR_PRESERVATION_HISTOGRAM])
 def test_art_options_keep_working_in_tiles(model_dir: Path, colour: int) -> None:
     """Coarse to fine across the tile size (the coarse scale whole, the fine one tiled), previews, colour modes."""
@@ -80,6 +82,7 @@ def test_art_options_keep_working_in_tiles(model_dir: Path, colour: int) -> None
         assert server.terminate() == 0
 
 
+@pytest.mark.slow  # tiled jobs above the tile size: tens of seconds on 2 cores
 def test_sizes_over_max_side_are_refused_naming_the_limit(model_dir: Path) -> None:
     """With tiling on, --max-side defaults to 4096; over it is INVALID_ARGUMENT with the limit in the message."""
     server = start_server([model_dir])
@@ -118,6 +121,7 @@ def test_tile_flags_that_make_no_sense_are_usage_errors(model_dir: Path, flags: 
     assert named in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.large
 def test_4096x3072_job_through_the_cli(model_dir: Path, tmp_path: Path) -> None:
     """The whole way at the largest default size: `nst stylize` against a server with its defaults, 2 evaluations

@@ -70,6 +70,7 @@ def test_output_formats(stub: pb_grpc.StyleTransferServiceStub, fmt: int, pil_na
     assert Image.open(io.BytesIO(events[-1][1].image)).format == pil_name
 
 
+@pytest.mark.slow  # seconds: a PyTorch reference, or a deadline run out
 def test_reported_loss_matches_pytorch(stub: pb_grpc.StyleTransferServiceStub, model_dir: Path) -> None:
     """The first evaluation's losses equal the export issue's formula computed independently in PyTorch."""
     content, style = picture(64, 48, seed=4), picture(64, 40, seed=5)  # already at the working size: no resampling
@@ -133,6 +134,7 @@ def test_cancel_frees_the_slot_for_the_queue(stub: pb_grpc.StyleTransferServiceS
     server.wait_outcome("cancelled", since=before)
 
 
+@pytest.mark.slow  # seconds: a PyTorch reference, or a deadline run out
 def test_deadline_stops_the_job(stub: pb_grpc.StyleTransferServiceStub, server: InProcessServer) -> None:
     """A call past its deadline ends DEADLINE_EXCEEDED and its slot serves the next job."""
     long_job = _request(128, 128, max_side_px=128, max_evaluations=5000, optimizer=pb.OPTIMIZER_ADAM)

@@ -116,6 +116,7 @@ def _run(python: Path, model_dir: Path, out: Path) -> tuple[str, dict[str, np.nd
         return done.stdout, dict(data)
 
 
+@pytest.mark.slow  # a virtualenv per onnxruntime release
 @pytest.mark.parametrize(("distribution", "version"), FLOORS, ids=[f"{n}=={v}" for n, v in FLOORS])
 def test_the_oldest_onnxruntime_allowed_loads_and_runs_the_graphs(
     distribution: str, version: str, model_dir: Path, tmp_path: Path

@@ -24,6 +24,7 @@ from tests.images import png
 
 HERE = Path(__file__).resolve().parent
 SIDE, EVALUATIONS, SEED = 48, 6, 11
+pytestmark = pytest.mark.slow  # npm install, node and a server process: seconds each
 
 
 @pytest.fixture(name="node_modules", scope="module")

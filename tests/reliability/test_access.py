@@ -101,6 +101,7 @@ def test_library_calls_need_the_right_token_and_refused_ones_compute_nothing(sec
     assert jobs == Counter(ok=1)  # the one right stylize; the refused ones never reached it
 
 
+@pytest.mark.slow  # server and CLI processes, certificates made by the test
 def test_plaintext_client_cannot_talk_to_the_tls_server(secured: Secured) -> None:
     """The listener speaks TLS only: a plaintext channel gets UNAVAILABLE, whatever its token."""
     with StyleClient(secured.server.address, token=FILE_TOKEN) as client, pytest.raises(StyleTransferError) as error:
@@ -108,6 +109,7 @@ def test_plaintext_client_cannot_talk_to_the_tls_server(secured: Secured) -> Non
     assert error.value.code == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.slow  # server and CLI processes, certificates made by the test
 def test_cli_with_tls_and_token(secured: Secured, tmp_path: Path) -> None:
     """`nst` with --ca-cert and --token-file stylizes; without the token it is refused; `nst health` needs none."""
     connection = ("--server", secured.server.address, "--ca-cert", secured.cert)
@@ -144,6 +146,7 @@ def test_start_up_log_says_tls_and_auth_are_on_and_never_shows_a_token(secured: 
     assert secured.server.address.startswith("127.0.0.1:")  # loopback unless told otherwise
 
 
+@pytest.mark.slow  # server and CLI processes, certificates made by the test
 def test_token_from_the_environment_over_plaintext(model_dir: Path) -> None:
     """$NST_TOKEN alone (whitespace stripped) turns auth on without TLS; the token travels as call metadata."""
     server = start_server([model_dir], "--drain", "0", env={"NST_TOKEN": f"  {ENV_TOKEN}\n"})
@@ -158,6 +161,7 @@ def test_token_from_the_environment_over_plaintext(model_dir: Path) -> None:
         assert server.terminate() == 0
 
 
+@pytest.mark.slow  # server and CLI processes, certificates made by the test
 def test_no_token_no_tls_by_default(model_dir: Path) -> None:
     """Without flags or $NST_TOKEN: plaintext, no authentication, on 127.0.0.1."""
     assert build_parser().parse_args(["--model", str(model_dir)]).host == "127.0.0.1"
@@ -198,6 +202,7 @@ def test_access_settings_that_cannot_work_stop_the_server_at_once(
     assert len(err.splitlines()) == 1, err
 
 
+@pytest.mark.slow  # server and CLI processes, certificates made by the test
 def test_certificate_and_key_that_do_not_match_exit_1(model_dir: Path, tmp_path: Path) -> None:
     """A key from another pair: a clear error and exit 1 instead of gRPC's bare "Failed to bind"."""
     (tmp_path / "a").mkdir()

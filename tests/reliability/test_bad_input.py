@@ -335,6 +335,7 @@ def test_odd_but_valid_image_is_read_correctly(
     tally.served(stub)
 
 
+@pytest.mark.slow  # runs the server's default budget
 def test_zero_iterations_is_the_default_within_the_servers_limit(
     stub: pb_grpc.StyleTransferServiceStub, tally: Tally
 ) -> None:

@@ -102,6 +102,7 @@ def _faulty_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return folder
 
 
+@pytest.mark.slow  # a server process with a faulty model, and jobs on both sides of the fault
 def test_failing_onnxruntime_run_is_internal_and_the_server_keeps_serving(faulty_model_dir: Path) -> None:
     """64x48 fails inside onnxruntime: INTERNAL naming the job; 70x56 (a multiple of 7) works on the same server."""
     failing, working = stylize_request(64, 48, max_evaluations=2), stylize_request(70, 56, max_evaluations=2)

@@ -33,6 +33,7 @@ def test_step_graphs_run_on_cuda_and_can_be_captured(graph: onnx.ModelProto) -> 
     assert check.host_copies == []
 
 
+@pytest.mark.slow  # exports a second model (Caffe weights, average pooling)
 @pytest.mark.parametrize("name", [mf.TARGETS_FILE, mf.LOSS_FILE, mf.CIRCULAR_TARGETS_FILE, mf.CIRCULAR_LOSS_FILE])
 def test_exported_graphs_run_on_cuda(model_dir: Path, caffe_avg_model_dir: Path, name: str) -> None:
     """Both poolings. Size->Cast nodes (element counts of means) need a host-to-device copy, which keeps a

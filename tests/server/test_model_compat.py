@@ -67,6 +67,7 @@ def test_release_compares_versions_numerically(version: str, release: tuple[int,
     assert mf.release("1.9") < mf.release("1.22") < mf.release("1.31.1")
 
 
+@pytest.mark.slow  # nst-server processes that must exit 1
 def test_a_model_for_a_newer_onnxruntime_is_refused_with_both_versions(model_dir: Path, tmp_path: Path) -> None:
     """LossGraphs says what the model needs and what this server has, and loads nothing."""
     newer = _rewrite(model_dir, tmp_path / "newer", min_onnxruntime="99.0")
@@ -85,6 +86,7 @@ def test_this_onnxruntime_reads_what_the_export_writes(model_dir: Path) -> None:
         check_readable(model_dir / mf.LOSS_FILE, runtime_version="1.21.9")
 
 
+@pytest.mark.slow  # nst-server processes that must exit 1
 def test_nst_server_exits_1_with_the_reason(
     model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -96,6 +98,7 @@ def test_nst_server_exits_1_with_the_reason(
     assert "nst-server: error:" in err
 
 
+@pytest.mark.slow  # nst-server processes that must exit 1
 def test_an_ir_version_onnxruntime_cannot_read_is_explained(model_dir: Path, tmp_path: Path) -> None:
     """A file without the metadata (not from this exporter's fix) and an IR version beyond onnxruntime's: the
     refusal names the file, its IR version and this onnxruntime, instead of onnxruntime's bare message alone."""

@@ -100,21 +100,25 @@ def _compare(
         assert _relative(got.grad[edge], want.grad[edge]) <= GRAD_TOLERANCE
 
 
+@pytest.mark.slow  # whole-image and tiled runs at up to 1024x768: minutes on 2 cores
 def test_tiled_matches_whole_at_1024x768_with_256_px_tiles(model_dir: Path) -> None:
     _compare(model_dir, 768, 1024, 256, seed=1)
 
 
+@pytest.mark.slow  # whole-image and tiled runs at up to 1024x768: minutes on 2 cores
 def test_tiled_matches_whole_off_the_16_px_grid(model_dir: Path) -> None:
     """523x745: the last tiles end off the grid, where floor-mode pooling drops rows and columns."""
     _compare(model_dir, 523, 745, 256, seed=2)
 
 
+@pytest.mark.slow  # whole-image and tiled runs at up to 1024x768: minutes on 2 cores
 def test_tiled_matches_whole_with_average_pooling_and_caffe_inputs(caffe_avg_model_dir: Path) -> None:
     """Losses within 2e-5, the export check's bound: with Caffe's 0-255 inputs the whole-image graph's own float32
     content mean is about 1.1e-5 off float64 (the tiles, summing per tile, came closer), so 1e-5 tests its error."""
     _compare(caffe_avg_model_dir, 333, 290, 128, seed=3, loss_tolerance=2e-5)
 
 
+@pytest.mark.slow  # whole-image and tiled runs at up to 1024x768: minutes on 2 cores
 def test_tiled_evaluation_stops_between_tiles(model_dir: Path) -> None:
     """A cancelled job stops within one tile: the check runs before every tile's run."""
     graphs = LossGraphs(model_dir, device="cpu", tile_px=128)
