@@ -36,7 +36,8 @@ def test_2048x1536_job_peak_rss_is_bounded_by_the_tile(model_dir: Path) -> None:
     """Three L-BFGS evaluations at 2048x1536 (the style taken at that size too), server defaults: peak RSS <= 2.5 GB.
 
     Whole, one evaluation at this size would take about 8.7 GB (0.55 GB + 2.6 GB per megapixel, BENCHMARKS.md).
-    Marked large: many minutes on the 2-core development machine (not timed there on an idle machine).
+    Marked large: many minutes on the 2-core development machine. Prints the peak and the seconds per evaluation for
+    BENCHMARKS.md (run with -s to see them).
     """
     server = start_server([model_dir])
     try:
@@ -49,6 +50,11 @@ def test_2048x1536_job_peak_rss_is_bounded_by_the_tile(model_dir: Path) -> None:
         assert (result.width, result.height) == (2048, 1536)
         assert result.evaluations == 3
         peak = server.memory_mib("VmHWM") * 2**20
+        print(
+            f"\n2048x1536, 3 evaluations: server peak RSS {peak / 1e9:.2f} GB, "
+            f"{result.timings.evaluate_s / result.evaluations:.0f} s per evaluation; "
+            f"loadavg {Path('/proc/loadavg').read_text().split()[:3]}"
+        )
         assert peak <= PEAK_RSS_LIMIT_BYTES, f"peak RSS {peak / 1e9:.2f} GB"
     finally:
         assert server.terminate() == 0
