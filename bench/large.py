@@ -2,11 +2,11 @@
 
     python -m bench.large --model models/vgg19 [--runs 1024:whole,1024:tiled,...] [--evaluations 3] [--out F.json]
 
-Each run is a fresh `nst-server` (whole: --tile-size 0; tiled: the default --tile-size) and one L-BFGS job of a
-synthetic 4:3 picture with a style taken at the same size, through the client. Peak RSS is the server's VmHWM;
-seconds per evaluation is the job's own timings.evaluate_s / evaluations (whole runs exclude their warm-up
-evaluation, tiled runs have none). /proc/loadavg is recorded before and after each run: on a shared machine the
-seconds are only comparable between runs made under the same load.
+Each run is a fresh `nst-server` (whole: --tile-size 0; tiled: the default --tile-size) and one single-scale
+(scales = 1) L-BFGS job of a synthetic 4:3 picture with a style taken at the same size, through the client. Peak
+RSS is the server's VmHWM; seconds per evaluation is the job's own timings.evaluate_s / evaluations (whole runs
+exclude their warm-up evaluation, tiled runs have none). /proc/loadavg is recorded before and after each run: on a
+shared machine the seconds are only comparable between runs made under the same load.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def run(model: Path, side: int, mode: str, evaluations: int, workdir: Path) -> d
     try:
         with StyleClient(server.address) as client:
             result = None
-            for event in client.stylize(content, [style], max_side_px=side, max_evaluations=evaluations):
+            for event in client.stylize(content, [style], max_side_px=side, max_evaluations=evaluations, scales=1):
                 if isinstance(event, Result):
                     result = event
         assert result is not None
