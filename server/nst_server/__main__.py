@@ -10,11 +10,12 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import get_args
 
 from . import auth
 from .app import load_models, serve
-from .config import MAX_SIDE_TILED_PX, MAX_SIDE_WHOLE_PX, MIN_TILE_PX, Limits, ServerConfig
-from .graphs import DeviceUnavailableError
+from .config import MAX_SIDE_TILED_PX, MAX_SIDE_WHOLE_PX, MIN_TILE_PX, Limits, Placement, ServerConfig
+from .graphs import AUTO_PLACEMENT, DeviceUnavailableError
 
 log = logging.getLogger("nst_server")
 
@@ -60,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (default)",
     )
     parser.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per job (0 = all cores)")
+    auto = ", ".join(f"{placement} on {device}" for device, placement in AUTO_PLACEMENT.items())
+    parser.add_argument(
+        "--optimizer-placement",
+        choices=get_args(Placement),
+        default=d.optimizer_placement,
+        help=f"where the optimiser's step and state live: host (numpy; the image crosses each evaluation), device "
+        f"(step graphs on the model's device; only loss scalars cross), or auto: per device, {auto} "
+        f"(default {d.optimizer_placement})",
+    )
     for limit, what in _LIMIT_FLAGS.items():
         parser.add_argument(
             _flag(limit), type=int, default=getattr(d.limits, limit), help=f"{what} (default %(default)s)"

@@ -32,7 +32,10 @@ _MESSAGE_OVERHEAD_BYTES = 1 << 20
 def load_models(config: ServerConfig) -> list[LossGraphs]:
     """Load every model directory once; all jobs share the sessions."""
     return [
-        LossGraphs(directory, config.device, config.threads, tile_px=config.tile_px) for directory in config.model_dirs
+        LossGraphs(
+            directory, config.device, config.threads, tile_px=config.tile_px, placement=config.optimizer_placement
+        )
+        for directory in config.model_dirs
     ]
 
 

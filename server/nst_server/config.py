@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 Device = Literal["auto", "cpu", "cuda"]
+# Where the optimiser's step and state live: "host" (numpy, the image crossing to the device and back each
+# evaluation), "device" (step graphs on the loss graph's provider, only scalars crossing), "auto" (per provider,
+# whichever measured faster: graphs.AUTO_PLACEMENT).
+Placement = Literal["auto", "host", "device"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,7 @@ class ServerConfig:
     port: int = 50051
     device: Device = "auto"
     threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
+    optimizer_placement: Placement = "auto"
     limits: Limits = field(default_factory=Limits)
     # Images whose longer side exceeds this are evaluated exactly in tiles of it (plus a 160 px halo), so memory
     # follows the tile size, not the image's; 0 = whole images only. A multiple of 16, the pooling grid.

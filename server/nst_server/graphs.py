@@ -17,19 +17,25 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from . import manifest as mf
-from .config import Device
+from .config import Device, Placement
 from .errors import InvalidRequest
 from .job import FloatArray
 from .model import Evaluation, Evaluator, Regions
+from .optimise import HostOptimiser, Optimiser
 from .targets import layer_weights
 
 if TYPE_CHECKING:
+    from .device_optimise import StepGraphs
     from .tiles import TiledEvaluator, TileGraphs
 
 log = logging.getLogger(__name__)
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+
+# What --optimizer-placement auto picks on each device (the device string's type). CPU: the host, until measured
+# otherwise. CUDA: the device, by design (the image stays on the GPU); not measured, no GPU has been lent.
+AUTO_PLACEMENT: dict[str, Placement] = {"cpu": "host", "cuda": "device"}
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -119,10 +125,12 @@ class SessionEvaluator:
         self._image_value = ort.OrtValue.ortvalue_from_numpy(self._image, device_type, device_id)
         self._binding.bind_ortvalue_input(mf.IMAGE_INPUT, self._image_value)
         self._on_device = device_type != "cpu"
-        self._held = [self._image_value]  # OrtValues must outlive the binding
+        self.device = device
+        # Everything but the image, on the device; the OrtValues must outlive the bindings that use them.
+        self.feeds: dict[str, ort.OrtValue] = {}
         for name, array in feeds.items():
             value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, np.float32), device_type, device_id)
-            self._held.append(value)
+            self.feeds[name] = value
             self._binding.bind_ortvalue_input(name, value)
         self._outputs = {name: np.zeros((), np.float32) for name in mf.LOSS_OUTPUTS[:-1]}
         self._outputs["grad"] = np.zeros_like(self._image)
@@ -194,8 +202,12 @@ class LossGraphs:
         threads: int = 0,
         profile_dir: Path | None = None,
         tile_px: int = 0,
+        placement: Placement = "auto",
     ) -> None:
         """Load the graphs; with ``profile_dir``, the loss graph's runs are profiled (see ``end_profiling``).
+
+        ``placement`` says where the optimiser's step and state live (``optimiser``); "auto" resolves here, by
+        the device the sessions run on (AUTO_PLACEMENT).
 
         With ``tile_px``, images whose longer side exceeds it are evaluated exactly in tiles of that many px
         (plus halo; ``nst_server.tiles``); 0 evaluates every image whole. Raises ValueError when the model
@@ -217,6 +229,9 @@ class LossGraphs:
         self._circular: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
         self._circular_lock = threading.Lock()
         self.device = device_of(self._loss.get_providers(), device)
+        self.placement: Placement = AUTO_PLACEMENT[self.device.split(":")[0]] if placement == "auto" else placement
+        self._steps: StepGraphs | None = None
+        self._steps_lock = threading.Lock()
         metadata = self._loss.get_modelmeta().custom_metadata_map
         if mf.METADATA_KEY not in metadata:
             raise ValueError(f"{model_dir / mf.LOSS_FILE}: no {mf.METADATA_KEY} metadata; not made by nst-export")
@@ -226,12 +241,27 @@ class LossGraphs:
         if tile_px:
             self.tiles = self._load_tiles(model_dir, threads, providers, tile_px)
         log.info(
-            "loaded model %s (%s weights, %s pooling) on %s",
+            "loaded model %s (%s weights, %s pooling) on %s, optimiser on the %s",
             self.name,
             self.manifest.weights,
             self.manifest.pooling,
             self.device,
+            self.placement,
         )
+
+    def optimiser(self, evaluator: Evaluator) -> Optimiser:
+        """The optimisers bound to ``evaluator``, stepping where ``placement`` says.
+
+        Tiled evaluators keep the host placement: their image is cut into tiles in host memory anyway.
+        """
+        if self.placement == "host" or not isinstance(evaluator, SessionEvaluator):
+            return HostOptimiser(evaluator)
+        from .device_optimise import DeviceOptimiser, StepGraphs
+
+        with self._steps_lock:
+            if self._steps is None:
+                self._steps = StepGraphs(lambda: _session_options(self._threads), self._providers)
+        return DeviceOptimiser(self._steps, evaluator)
 
     def _load_tiles(self, model_dir: Path, threads: int, providers: list[str], tile_px: int) -> TileGraphs:
         from .tiles import TileGraphs  # tiles imports this module

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from .job import FloatArray
 from .manifest import LossWeights, Manifest
+
+if TYPE_CHECKING:
+    from .optimise import Optimiser
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,10 @@ class LossModel(Protocol):
 
     def warm_up(self, evaluator: Evaluator, image: FloatArray) -> None:
         """Evaluate once if this size is new to the process."""
+        ...
+
+    def optimiser(self, evaluator: Evaluator) -> Optimiser:
+        """The optimisers bound to ``evaluator``, their step and state on the host or on the model's device."""
         ...
 
     def release_memory(self) -> None:

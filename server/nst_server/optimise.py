@@ -12,6 +12,7 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -19,19 +20,30 @@ from scipy.linalg.blas import saxpy, sdot
 
 from .errors import Cancelled
 from .job import Losses
-from .model import Evaluation
+from .model import Evaluation, Evaluator
 
 Objective = Callable[[npt.NDArray[np.floating]], Evaluation]
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One optimiser iteration: the iterate (flat, a view: copy it to keep it) and its losses."""
+    """One optimiser iteration: its losses, and the iterate on request (``x``), since on the device that is a copy.
+
+    ``x`` is flat and may be a view of the optimiser's buffer: copy it to keep it.
+    """
 
     iteration: int
     evaluations: int
     losses: Losses
-    x: npt.NDArray[np.floating]
+    image: Callable[[], npt.NDArray[np.floating]]
+
+    @property
+    def x(self) -> npt.NDArray[np.floating]:
+        return self.image()
+
+
+def _held(array: npt.NDArray[np.floating]) -> Callable[[], npt.NDArray[np.floating]]:
+    return lambda: array
 
 
 class StopReason(enum.Enum):
@@ -108,7 +120,7 @@ class _Pairs:
         if row in self._order:  # the oldest pair, overwritten: gone whether or not the new one stays
             self._order.remove(row)
         sy = float(sdot(self.s[row], self.y[row]))
-        if sy > _CURVATURE_EPSILON * float(sdot(self.y[row], self.y[row])):
+        if sy > CURVATURE_EPSILON * float(sdot(self.y[row], self.y[row])):
             self.rho[row] = 1.0 / sy
             self._order.append(row)
 
@@ -153,9 +165,25 @@ def history_within(requested: int, n: int, budget_bytes: int = LBFGS_HISTORY_BYT
     return max(1, min(requested, budget_bytes // (8 * n)))
 
 
-_CURVATURE_EPSILON = 1e-10
-_ARMIJO = 1e-4  # sufficient decrease: f(x + t d) <= f(x) + ARMIJO * g.(step taken)
-_MAX_BACKTRACKS = 10
+CURVATURE_EPSILON = 1e-10
+ARMIJO = 1e-4  # sufficient decrease: f(x + t d) <= f(x) + ARMIJO * g.(step taken)
+MAX_BACKTRACKS = 10
+
+
+def projected_direction(
+    pairs: _Pairs, x: npt.NDArray[np.float32], grad: npt.NDArray[np.float32], direction: npt.NDArray[np.float32]
+) -> None:
+    """L-BFGS's direction into ``direction``: pixels at a bound whose gradient pushes them outwards stay put, the
+    rest follow -H grad; where that is no descent direction, the pairs are forgotten and it is -grad (free pixels)."""
+    free = ~(((x <= 0.0) & (grad > 0.0)) | ((x >= 1.0) & (grad < 0.0)))
+    np.multiply(grad, free, out=direction)
+    pairs.apply_inverse_hessian(direction)
+    direction *= np.float32(-1.0)
+    direction *= free
+    if not float(sdot(grad, direction)) < 0.0:  # H lost positivity on the free set: restart as gradient descent
+        pairs.clear()
+        np.multiply(grad, free, out=direction)
+        direction *= np.float32(-1.0)
 
 
 def lbfgs(
@@ -199,16 +227,7 @@ def lbfgs(
     np.copyto(grad, current.grad.ravel())
     converged(loss)  # the starting loss: the first of the window (never enough alone to stop)
     while evaluations < budget:
-        # Pixels at a bound whose gradient pushes them outwards stay put; the rest follow L-BFGS.
-        free = ~(((x <= 0.0) & (grad > 0.0)) | ((x >= 1.0) & (grad < 0.0)))
-        np.multiply(grad, free, out=direction)
-        pairs.apply_inverse_hessian(direction)
-        direction *= np.float32(-1.0)
-        direction *= free
-        if not float(sdot(grad, direction)) < 0.0:  # H lost positivity on the free set: restart as gradient descent
-            pairs.clear()
-            np.multiply(grad, free, out=direction)
-            direction *= np.float32(-1.0)
+        projected_direction(pairs, x, grad, direction)
         if pairs:  # H is scaled and the full step fits
             step = 1.0
         elif inverse_hessian_scale is not None:  # no curvature yet here, but a known scale for H0
@@ -216,7 +235,7 @@ def lbfgs(
         else:  # no curvature known at all: a step of unit length
             step = 1.0 / max(float(np.linalg.norm(direction)), 1e-30)
         row = pairs.next_row
-        for _ in range(_MAX_BACKTRACKS):
+        for _ in range(MAX_BACKTRACKS):
             np.multiply(direction, np.float32(step), out=trial)
             trial += x
             np.clip(trial, 0.0, 1.0, out=trial)
@@ -227,7 +246,7 @@ def lbfgs(
             if not decrease < 0.0:
                 return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.scale)
             candidate = evaluate(trial)
-            if candidate.loss <= loss + _ARMIJO * decrease:
+            if candidate.loss <= loss + ARMIJO * decrease:
                 break
             step *= 0.5
         else:  # no step lowers the loss: as far as it goes
@@ -238,10 +257,16 @@ def lbfgs(
         np.copyto(grad, candidate.grad.ravel())
         loss, losses = candidate.loss, _losses(candidate)
         iterations += 1
-        on_step(Step(iterations, evaluations, losses, x))
+        on_step(Step(iterations, evaluations, losses, _held(x)))
         if converged(loss):
             return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.scale)
     return Outcome(x, losses, iterations, evaluations, StopReason.BUDGET, pairs.scale)
+
+
+def adam_schedule(learning_rate: float, beta1: float, beta2: float, step: int) -> tuple[np.float32, np.float32]:
+    """Adam's bias corrections at ``step`` (from 1), worked out in float64 and used in float32: the step size
+    lr / (1 - beta1^t) and the second moment's sqrt(1 - beta2^t)."""
+    return np.float32(learning_rate / (1 - beta1**step)), np.float32(np.sqrt(1 - beta2**step))
 
 
 def adam(
@@ -269,7 +294,7 @@ def adam(
             raise Cancelled("job cancelled")
         evaluation = objective(x)
         losses = _losses(evaluation)
-        on_step(Step(step, step, losses, x))
+        on_step(Step(step, step, losses, _held(x)))
         if converged(losses.total):
             return Outcome(x, losses, step, step, StopReason.CONVERGED)
         if step == budget:
@@ -284,10 +309,93 @@ def adam(
         second *= beta2
         second += scratch
         np.sqrt(second, out=scratch)
-        scratch /= np.sqrt(1 - beta2**step)
+        rate, correction = adam_schedule(learning_rate, beta1, beta2, step)
+        scratch /= correction
         scratch += epsilon
         np.divide(first, scratch, out=scratch)
-        scratch *= learning_rate / (1 - beta1**step)
+        scratch *= rate
         x -= scratch
         np.clip(x, 0.0, 1.0, out=x)
     return Outcome(x, losses, budget, budget)
+
+
+class Optimiser(Protocol):
+    """The optimisers above bound to one evaluator, wherever their step runs: on the host (``HostOptimiser``), or
+    on the evaluator's device (``device_optimise.DeviceOptimiser``), with the same iterates to float32 round-off.
+
+    ``evaluate_s`` and ``step_s`` are the seconds spent since creation in the loss graph's runs and in the step's
+    runs on the device (0 on the host, where the step is the host's own work).
+    """
+
+    @property
+    def evaluate_s(self) -> float: ...
+
+    @property
+    def step_s(self) -> float: ...
+
+    def lbfgs(
+        self,
+        x0: npt.NDArray[np.float32],
+        budget: int,
+        history: int,
+        on_step: Callable[[Step], None],
+        should_stop: Callable[[], bool],
+        *,
+        converged: Callable[[float], bool] = never,
+        inverse_hessian_scale: float | None = None,
+    ) -> Outcome: ...
+
+    def adam(
+        self,
+        x0: npt.NDArray[np.float32],
+        budget: int,
+        learning_rate: float,
+        on_step: Callable[[Step], None],
+        should_stop: Callable[[], bool],
+        *,
+        converged: Callable[[float], bool] = never,
+    ) -> Outcome: ...
+
+
+class HostOptimiser:
+    """``lbfgs`` and ``adam`` above, stepping in numpy on the host, against ``evaluator``."""
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self._evaluator = evaluator
+        self._start = evaluator.seconds
+
+    @property
+    def evaluate_s(self) -> float:
+        return self._evaluator.seconds - self._start
+
+    @property
+    def step_s(self) -> float:
+        return 0.0
+
+    def lbfgs(
+        self,
+        x0: npt.NDArray[np.float32],
+        budget: int,
+        history: int,
+        on_step: Callable[[Step], None],
+        should_stop: Callable[[], bool],
+        *,
+        converged: Callable[[float], bool] = never,
+        inverse_hessian_scale: float | None = None,
+    ) -> Outcome:
+        return lbfgs(
+            self._evaluator, x0, budget, history, on_step, should_stop, converged=converged,
+            inverse_hessian_scale=inverse_hessian_scale,
+        )  # fmt: skip
+
+    def adam(
+        self,
+        x0: npt.NDArray[np.float32],
+        budget: int,
+        learning_rate: float,
+        on_step: Callable[[Step], None],
+        should_stop: Callable[[], bool],
+        *,
+        converged: Callable[[float], bool] = never,
+    ) -> Outcome:
+        return adam(self._evaluator, x0, budget, learning_rate, on_step, should_stop, converged=converged)

@@ -196,20 +196,18 @@ def _reporter(
 
 
 def _optimise(
-    job: Job, scale: _Scale, canvas: FloatArray, budget: int, on_step: Callable[[optimise.Step], None],
-    should_stop: Callable[[], bool], inverse_hessian_scale: float | None,
+    job: Job, optimiser: optimise.Optimiser, canvas: FloatArray, budget: int,
+    on_step: Callable[[optimise.Step], None], should_stop: Callable[[], bool], inverse_hessian_scale: float | None,
 ) -> optimise.Outcome:  # fmt: skip
     options = job.options
     converged = optimise.Plateau(options.min_improvement, MIN_IMPROVEMENT_WINDOW)
     if options.optimizer is Optimizer.LBFGS:
         history = optimise.history_within(options.lbfgs_history, canvas.size)
-        return optimise.lbfgs(
-            scale.evaluate, canvas, budget, history, on_step, should_stop, converged=converged,
+        return optimiser.lbfgs(
+            canvas, budget, history, on_step, should_stop, converged=converged,
             inverse_hessian_scale=inverse_hessian_scale,
         )  # fmt: skip
-    return optimise.adam(
-        scale.evaluate, canvas, budget, options.learning_rate, on_step, should_stop, converged=converged
-    )
+    return optimiser.adam(canvas, budget, options.learning_rate, on_step, should_stop, converged=converged)
 
 
 def stylize(
@@ -242,9 +240,9 @@ def stylize(
         clock = clock or optimising
         emit(ScaleStarted(number, len(plans), *size, budget))
         on_step = _reporter(job, scale, canvas.shape, (iterations, evaluations), clock, emit)
-        warm_up_s = scale.evaluate.seconds  # the warm-up's run, if this size was new: preparation, not optimisation
-        outcome = _optimise(job, scale, canvas, budget, on_step, should_stop, carried)
-        evaluating_s += scale.evaluate.seconds - warm_up_s
+        optimiser = graphs.optimiser(scale.evaluate)  # after the warm-up: its run is preparation, not optimisation
+        outcome = _optimise(job, optimiser, canvas, budget, on_step, should_stop, carried)
+        evaluating_s += optimiser.evaluate_s
         canvas = outcome.x.reshape(canvas.shape).astype(np.float32)
         iterations, evaluations = iterations + outcome.iterations, evaluations + outcome.evaluations
         full_size_evaluations += outcome.evaluations * full_size_fraction(size, job.size)

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .__main__ import build_parser, config_from_args
 from .app import Server, create_server
-from .config import Device, ServerConfig
+from .config import Device, Placement, ServerConfig
 from .graphs import LossGraphs
 from .model import LossModel
 
@@ -293,16 +293,18 @@ class InProcessServer(_Harness):
             raise self._failed
 
 
-_loaded: dict[tuple[Path, str, int, int], LossGraphs] = {}
+_loaded: dict[tuple[Path, str, int, int, str], LossGraphs] = {}
 _loaded_lock = threading.Lock()
 
 
-def load_model(model_dir: Path, device: Device = "cpu", threads: int = 0, tile_px: int = 0) -> LossGraphs:
+def load_model(
+    model_dir: Path, device: Device = "cpu", threads: int = 0, tile_px: int = 0, placement: Placement = "auto"
+) -> LossGraphs:
     """A model directory's graphs, loaded once per process: in-process servers share them as jobs do."""
-    key = (Path(model_dir).resolve(), device, threads, tile_px)
+    key = (Path(model_dir).resolve(), device, threads, tile_px, placement)
     with _loaded_lock:
         if key not in _loaded:
-            _loaded[key] = LossGraphs(Path(model_dir), device, threads, tile_px=tile_px)
+            _loaded[key] = LossGraphs(Path(model_dir), device, threads, tile_px=tile_px, placement=placement)
         return _loaded[key]
 
 
@@ -344,7 +346,10 @@ def running_server(
     if in_process:
         assert env is None, "an in-process server shares this process's environment; pass flags instead"
         config = config_from_flags(model_dirs, *args)
-        models = [load_model(path, config.device, config.threads, config.tile_px) for path in config.model_dirs]
+        models = [
+            load_model(path, config.device, config.threads, config.tile_px, config.optimizer_placement)
+            for path in config.model_dirs
+        ]
         server = InProcessServer(config, models).start(timeout_s)
         try:
             yield server

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 import pytest
-from nst_server import pipeline
+from nst_server import optimise, pipeline
 from nst_server.errors import Cancelled
 from nst_server.job import (
     Event,
@@ -97,6 +97,9 @@ class _Model:
         if evaluator.shape not in self.warmed:
             evaluator(image)
             self.warmed.add(evaluator.shape)
+
+    def optimiser(self, evaluator: _Evaluator) -> optimise.HostOptimiser:
+        return optimise.HostOptimiser(evaluator)
 
     def release_memory(self) -> None:
         pass
