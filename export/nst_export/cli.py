@@ -23,6 +23,7 @@ from .weights import (
     ExportError,
     fetch_published,
     init_random,
+    init_ranvgg,
     load_into,
     read_state_dict,
     weights_sha256,
@@ -41,8 +42,15 @@ PARITY_VARIANTS: dict[str, tuple[bool, bool]] = {  # (guided, circular)
 
 RANDOM_WARNING = (
     "WARNING: random weights. The graphs compute the exact Gatys loss of an untrained network: use them for "
-    "tests and offline runs, but the pictures they make are NOT art. Use --weights imagenet or caffe."
+    "tests and offline runs, but the pictures they make are NOT art. Use --weights imagenet or caffe, or "
+    "ranvgg offline."
 )
+RANVGG_NOTE = (
+    "NOTE: ranvgg weights are random (He et al. 2016), rescaled layer by layer: they make textures and style "
+    "transfers offline, not ImageNet's. With max pooling a reconstruction from relu4_2 stays noise; --pooling avg "
+    "gives a blurred one. See README, Models."
+)
+SEEDED = ("random", "ranvgg")
 
 
 def _layers(text: str) -> tuple[str, ...]:
@@ -63,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights",
         required=True,
-        metavar="{imagenet,caffe,random,PATH}",
-        help="published weights (downloaded once, hash-checked), random (seeded, not art) or a local .pth "
+        metavar="{imagenet,caffe,random,ranvgg,PATH}",
+        help="published weights (downloaded once, hash-checked), random (seeded, not art), ranvgg (seeded random "
+        "weights rescaled layer by layer, He et al. 2016: textures and style transfer offline) or a local .pth "
         "state dict in torchvision layout",
     )
     parser.add_argument(
@@ -74,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="input convention of a local .pth: imagenet (RGB [0,1], mean/std) or caffe (BGR 0-255, mean); "
         "default imagenet",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --weights random (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --weights random or ranvgg (default 0)")
     parser.add_argument("--pooling", choices=("max", "avg"), default="max", help="default max")
     parser.add_argument("--content-layers", type=_layers, default=DEFAULT_CONTENT_LAYERS, help="default relu4_2")
     parser.add_argument(
@@ -99,19 +108,21 @@ def _exporter() -> str:
     return f"nst_export {ours} (onnx {onnx.__version__}, torch {torch.__version__})"
 
 
-def _load_model(args: argparse.Namespace, model: VGG19Features) -> tuple[str, Preprocessing]:
-    """Fill ``model`` with the requested weights; return (weights name, preprocessing)."""
+def _load_model(args: argparse.Namespace, model: VGG19Features) -> tuple[str, Preprocessing, str | None]:
+    """Fill ``model`` with the requested weights; return (weights name, preprocessing, recipe of seeded weights)."""
     if args.weights == "random":
         init_random(model, args.seed)
-        return "random", "imagenet"
+        return "random", "imagenet", "He-initialised: N(0, 2/fan_out) weights, zero biases (torchvision's VGG init)"
+    if args.weights == "ranvgg":
+        return "ranvgg", "imagenet", init_ranvgg(model, args.seed, "imagenet")
     if args.weights in PUBLISHED:
         published = PUBLISHED[args.weights]
         path = fetch_published(published, args.cache_dir)
         load_into(model, read_state_dict(path), str(path))
-        return published.name, published.preprocessing
+        return published.name, published.preprocessing, None
     path = Path(args.weights)
     load_into(model, read_state_dict(path), str(path))
-    return path.name, args.preprocessing
+    return path.name, args.preprocessing, None
 
 
 def _staging_dir(out: Path) -> Path:
@@ -129,9 +140,11 @@ def export(args: argparse.Namespace) -> Path:
         raise ExportError(f"{out} exists; pass --force to replace it or choose another --out")
     content_layers, style_layers = args.content_layers, args.style_layers
     model = VGG19Features(deepest_layer(content_layers + style_layers), args.pooling)
-    weights, preprocessing = _load_model(args, model)
+    weights, preprocessing, recipe = _load_model(args, model)
     if weights == "random":
         print(RANDOM_WARNING, file=sys.stderr)
+    elif weights == "ranvgg":
+        print(RANVGG_NOTE, file=sys.stderr)
     manifest = Manifest(
         weights=weights,
         weights_sha256=weights_sha256(model),
@@ -141,7 +154,8 @@ def export(args: argparse.Namespace) -> Path:
         style_layers=style_layers,
         opset=OPSET,
         exporter=_exporter(),
-        seed=args.seed if weights == "random" else None,
+        seed=args.seed if weights in SEEDED else None,
+        recipe=recipe,
         tile_halo_px=tile_geometry(model.layers)[0],
         tile_align_px=tile_geometry(model.layers)[1],
     )

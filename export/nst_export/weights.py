@@ -15,6 +15,7 @@ import torch
 from nst_server.manifest import Preprocessing
 from torch import nn
 
+from .reference import preprocess
 from .vgg import CONV_LAYERS, VGG19Features
 
 
@@ -117,17 +118,89 @@ def load_into(model: VGG19Features, state: dict[str, torch.Tensor], source: str)
     model.load_state_dict(wanted, strict=True)
 
 
+def _he_normal(conv: nn.Conv2d, generator: torch.Generator) -> None:
+    """torchvision's initialisation of a new VGG conv: N(0, 2 / fan_out) weights, zero bias."""
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    std = (2.0 / fan_out) ** 0.5
+    conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * std)
+    if conv.bias is not None:  # always, in VGG
+        conv.bias.zero_()
+
+
 def init_random(model: VGG19Features, seed: int) -> None:
     """He-initialise every conv from ``seed`` as torchvision does for a new VGG (fan-out, zero bias)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.features:
             if isinstance(module, nn.Conv2d):
-                fan_out = module.out_channels * module.kernel_size[0] * module.kernel_size[1]
-                std = (2.0 / fan_out) ** 0.5
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
-                if module.bias is not None:  # always, in VGG
-                    module.bias.zero_()
+                _he_normal(module, generator)
+
+
+# ranVGG (He, Wang and Hopcroft, "A Powerful Generative Model Using Random Weights for the Deep Image
+# Representation", NIPS 2016): random weights are enough for textures and style transfer once the layers'
+# magnitudes are put right. He-initialised VGG19's mean ReLU output is 0.09 at relu1_1 and 0.03-0.04 from relu3_4 on
+# (tubingen at 256 px): its content loss (2nd power of the features) and style loss (4th power) are then tiny next
+# to the total variation term, which acts on the pixels and does not shrink, and the optimiser returns a smear.
+RANVGG_MEAN_ACTIVATION = 1.0
+RANVGG_REFERENCE_PX = 224  # VGG's own input size; the means hardly depend on it (the convs are zero-padded)
+_SCALE_DIGITS = 4  # scales are rounded to 4 significant digits, so float noise across CPUs cannot change them
+
+
+def reference_image(seed: int, size: int = RANVGG_REFERENCE_PX) -> torch.Tensor:
+    """Seeded 1/f noise, RGB in [0, 1], (1, 3, size, size): the input ranVGG's layer scales are measured on.
+
+    Photos and paintings have amplitude spectra close to 1/f (Field 1987); white noise puts far more of its energy
+    in the finest scales, where a random 3x3 filter responds differently. The noise is generated rather than read
+    from a file so that the export needs no image on disk. Channels share a luminance field plus a weaker field of
+    their own, as natural colours are strongly correlated. Mean 0.5, standard deviation about 0.2, clipped to [0, 1].
+    """
+    generator = torch.Generator().manual_seed(seed)
+    white = torch.randn((4, size, size), generator=generator, dtype=torch.float64)
+    fy = torch.fft.fftfreq(size, dtype=torch.float64).view(-1, 1)
+    fx = torch.fft.rfftfreq(size, dtype=torch.float64).view(1, -1)
+    frequency = torch.sqrt(fx**2 + fy**2)
+    frequency[0, 0] = 1.0
+    spectrum = torch.fft.rfft2(white) / frequency
+    spectrum[:, 0, 0] = 0.0  # zero mean
+    fields = torch.fft.irfft2(spectrum, s=(size, size))
+    fields = fields / fields.std(dim=(1, 2), keepdim=True)
+    rgb = fields[:1] + 0.35 * fields[1:]
+    rgb = (0.5 + 0.2 * rgb / rgb.std()).clamp(0.0, 1.0)
+    image: torch.Tensor = rgb.float().unsqueeze(0)
+    return image
+
+
+def init_ranvgg(model: VGG19Features, seed: int, preprocessing: Preprocessing = "imagenet") -> str:
+    """ranVGG: ``init_random``'s weights, each conv then scaled so that its ReLU's mean output is 1; returns the recipe.
+
+    Layer by layer, in forward order, on ``reference_image(seed)`` preprocessed as the graph will:
+        a_l = relu(conv_l(x_{l-1})),  s_l = 1 / mean(a_l) (over channels and positions),  W_l <- s_l W_l,
+    where x_{l-1} already comes from the scaled layers below. Biases are zero and ReLU and both poolings are
+    positively homogeneous, so scaling W_l scales a_l, and everything above it, by exactly s_l: after the pass every
+    ReLU's mean on the reference is 1 (to the 4 significant digits s_l is rounded to). He et al. normalise the
+    loss's per-layer weighting factors instead; scaling the weights puts every layer's features, and so its Gram
+    matrices, on a common scale in the same way for any image with statistics near the reference's (photos and
+    paintings: 0.67-1.5 at every layer, README, Models), and keeps the exported graphs and the server's default
+    alpha, beta, gamma unchanged. Their greedy search over candidate weights, for reconstruction, is not done.
+    """
+    init_random(model, seed)
+    x = preprocess(reference_image(seed), preprocessing)
+    scales: list[str] = []
+    with torch.no_grad():
+        for module in model.features:
+            x = module(x)
+            if not isinstance(module, nn.Conv2d):
+                continue
+            scale = float(f"{RANVGG_MEAN_ACTIVATION / float(torch.relu(x).mean()):.{_SCALE_DIGITS}g}")
+            module.weight.mul_(scale)
+            x = x * scale  # what the scaled conv gives, as its bias is zero
+            scales.append(f"{scale:.{_SCALE_DIGITS}g}")
+    return (
+        "ranvgg (He, Wang and Hopcroft, NIPS 2016): conv weights N(0, 2/fan_out) from torch.Generator seed "
+        f"{seed} in layer order, zero biases; each conv's weights then scaled, in forward order, so that its ReLU's "
+        f"mean output is {RANVGG_MEAN_ACTIVATION:g} on 1/f noise of {RANVGG_REFERENCE_PX}x{RANVGG_REFERENCE_PX} px "
+        f"from the same seed ({preprocessing} preprocessing); no greedy selection. Scales: {', '.join(scales)}"
+    )
 
 
 def weights_sha256(model: VGG19Features) -> str:

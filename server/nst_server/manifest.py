@@ -104,7 +104,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, LossWeights] = {
 class Manifest:
     """How a model directory was exported; the server describes itself from this."""
 
-    weights: str  # "imagenet", "caffe", "random" or the file name of a local state dict
+    weights: str  # "imagenet", "caffe", "random", "ranvgg" or the file name of a local state dict
     weights_sha256: str  # of the exported float32 weights, in layer order
     pooling: Pooling
     preprocessing: Preprocessing
@@ -112,7 +112,8 @@ class Manifest:
     style_layers: tuple[str, ...]
     opset: int
     exporter: str  # package and library versions that wrote the graphs
-    seed: int | None = None  # only for random weights
+    seed: int | None = None  # only for random weights ("random", "ranvgg")
+    recipe: str | None = None  # how seeded weights were made, e.g. ranvgg's per-layer scales; None for loaded ones
     # Tiled evaluation: the halo around a tile's inner region and the grid tile origins sit on (px); None when
     # the export has no tile graphs (an older model directory): such a model evaluates whole images only.
     tile_halo_px: int | None = None
