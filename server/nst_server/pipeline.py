@@ -31,11 +31,15 @@ from .model import Evaluator, LossModel
 from .targets import job_targets, layer_weights
 
 GRAY = 0.5  # the flat start image of Init.GRAY
-# The server's own schedule (Options.scales = 0), after SPST (Galerne et al. 2023); measured in BENCHMARKS.md, "Time to
-# quality", where what is left to try (growth 1 or 2, bench/schedules.py) is listed:
+# The server's own schedule (Options.scales = 0), after SPST (Galerne et al. 2023), with its constants measured by
+# `python -m bench.schedules` (BENCHMARKS.md, "Time to quality"):
 AUTO_RATIO = 2.0  # between consecutive scales
 AUTO_COARSEST_SIDE_PX = 128  # scales are added while the next coarser one keeps at least this longest side
-AUTO_GROWTH = 3.0  # each coarser scale gets this many times the next one's evaluations (SPST's 600/200/66/30)
+# Each coarser scale gets this many times the next one's evaluations. SPST gives the coarser scales more (600/200/66/
+# 30, a factor 3), but with L-BFGS and its curvature carried across scales the coarse scale is then over-budgeted: to
+# reach scipy L-BFGS-B's 200-evaluation loss at 256 px took 89.5 full-size equivalents at 3, 71.5 at 2, 59.5 at 1.5,
+# 47.0 at 1, 41.5 at 0.75, 70.0 at 0.5 and 125.8 at 0.25 (one scale: 200).
+AUTO_GROWTH = 0.75
 MIN_IMPROVEMENT_WINDOW = 10  # iterations over which min_improvement measures the relative decrease
 
 
