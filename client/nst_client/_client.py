@@ -193,9 +193,12 @@ class StyleClient:
         """Start a job and return its call; iterate the call for the events.
 
         ``content`` and each of ``styles`` (one image or a sequence) is a path, encoded bytes, a PIL image or
-        an HxWx3 array (uint8, or float in [0, 1]); a style may also be a ``Style`` with its own blend weight
-        and scale. ``content=None`` synthesises a texture (``width_px`` x ``height_px``, default
-        ``max_side_px`` square); no styles (None or empty) reconstructs the content; one of them is required.
+        an HxWx3 array (uint8, or float in [0, 1]); a style may also be a ``Style`` with its own blend weight,
+        scale and masks (spatial control: ``Style.mask`` says where it applies, ``Style.source_mask`` which part
+        of the painting counts; with the options ``content_only_mask`` where the photo is kept, and
+        ``tileable=True`` for an output that wraps without a seam). ``content=None`` synthesises a texture
+        (``width_px`` x ``height_px``, default ``max_side_px`` square); no styles (None or empty) reconstructs
+        the content; one of them is required.
         The options are ``StylizeOptions``' fields, given as ``options`` or as keyword arguments (which replace
         its fields): e.g. ``max_side_px=512, max_evaluations=300``. Every option left None (or an empty
         sequence) is not sent: the server's default applies (see ``StylizeOptions`` and the API's

@@ -75,8 +75,17 @@ def image_bytes(image: ImageInput, what: str) -> bytes:
     raise TypeError(f"{what}: expected a path, bytes, a PIL image or a numpy array, not {type(image).__name__}")
 
 
-def _to_uint8(array: np.ndarray[Any, Any], what: str) -> np.ndarray[Any, Any]:
-    if array.ndim != 3 or array.shape[2] != 3:
+def mask_bytes(mask: ImageInput, what: str) -> bytes:
+    """``image_bytes`` for a mask, which may also be an HxW greyscale array (uint8, or float in [0, 1])."""
+    if isinstance(mask, np.ndarray) and mask.ndim == 2:
+        mask = Image.fromarray(_to_uint8(mask, what, grey=True), "L")
+    elif isinstance(mask, np.ndarray) and mask.shape[2:] != (3,):
+        raise ValueError(f"{what}: expected an HxW greyscale or HxWx3 RGB array, got shape {mask.shape}")
+    return image_bytes(mask, what)
+
+
+def _to_uint8(array: np.ndarray[Any, Any], what: str, grey: bool = False) -> np.ndarray[Any, Any]:
+    if not grey and (array.ndim != 3 or array.shape[2] != 3):
         raise ValueError(f"{what}: expected an HxWx3 RGB array, got shape {array.shape}")
     if array.dtype == np.uint8:
         return np.ascontiguousarray(array)
@@ -152,7 +161,7 @@ def options_to_pb(options: StylizeOptions) -> pb.StylizeOptions:
                 raise ValueError(f"{name}: {value!r} is not allowed; allowed: {', '.join(map(repr, table))}")
             setattr(message, name, table[value])
         elif field.type == FieldDescriptor.TYPE_BYTES:
-            setattr(message, name, image_bytes(value, name))
+            setattr(message, name, (mask_bytes if name.endswith("mask") else image_bytes)(value, name))
         elif field.is_repeated:
             items = _sequence(name, value)
             if field.type == FieldDescriptor.TYPE_STRING and not all(isinstance(item, str) and item for item in items):
@@ -162,6 +171,10 @@ def options_to_pb(options: StylizeOptions) -> pb.StylizeOptions:
             getattr(message, name).extend(items if field.type == FieldDescriptor.TYPE_STRING else map(float, items))
         elif field.type == FieldDescriptor.TYPE_DOUBLE:
             setattr(message, name, _check_float(name, value))
+        elif field.type == FieldDescriptor.TYPE_BOOL:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}: expected True or False, got {value!r}")
+            setattr(message, name, value)
         else:  # the unsigned integers
             setattr(message, name, _check_int(name, value))
     return message
@@ -171,6 +184,10 @@ def _style_pb(style: StyleInput, index: int) -> pb.StyleImage:
     if not isinstance(style, Style):
         return pb.StyleImage(image=image_bytes(style, f"styles[{index}]"))
     message = pb.StyleImage(image=image_bytes(style.image, f"styles[{index}].image"))
+    for name in ("mask", "source_mask"):
+        value = getattr(style, name)
+        if value is not None:
+            setattr(message, name, mask_bytes(value, f"styles[{index}].{name}"))
     for name in ("blend_weight", "scale"):
         value = getattr(style, name)
         if value is None:

@@ -157,15 +157,25 @@ Event = Queued | Started | ScaleStarted | Progress | Preview | Result
 
 @dataclass(frozen=True, slots=True)
 class Style:
-    """A style image with its own blend weight and scale; None leaves the server default (1 for both).
+    """A style image with its own blend weight, scale and masks; None leaves the server default.
 
-    ``image`` is anything ``stylize`` takes as an image. ``blend_weight`` (>= 0) weights this style's Gram
-    matrices when blending several styles; ``scale`` (0 < scale <= 4) resizes the style relative to the output.
+    ``image`` is anything ``stylize`` takes as an image, and so are the masks. ``blend_weight`` (>= 0, default 1)
+    weights this style's Gram matrices when blending several styles; ``scale`` (0 < scale <= 4, default 1)
+    resizes the style relative to the output.
+
+    Spatial control (Gatys et al. 2017): ``mask`` is a greyscale image at the output's aspect ratio, white where
+    this style applies, black where it does not, in between weaker (soft masks of several styles that add up to
+    1 blend them). Give masks for every style or for none; at most 4; at every pixel they (and the options'
+    ``content_only_mask``) may add up to at most 1. With masks, ``blend_weight`` scales this style's region.
+    ``source_mask``, at the style image's aspect ratio, selects the part of the painting the style is taken from
+    (default: all of it). A mask may not be all black.
     """
 
     image: ImageInput
     blend_weight: float | None = None
     scale: float | None = None
+    mask: ImageInput | None = None
+    source_mask: ImageInput | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +248,9 @@ class StylizeOptions:
     width_px: int | None = None  # texture synthesis only: output width (max_side_px)
     height_px: int | None = None  # texture synthesis only: output height (max_side_px)
     min_improvement: float | None = None  # stop a scale once the loss falls less than this over 10 iterations (off)
+    tileable: bool | None = None  # True: circular padding, the output tiles without a seam (False)
+    # A greyscale image at the output's aspect ratio, white where no style applies and the photo is kept (none)
+    content_only_mask: ImageInput | None = None
 
 
 def _decode(data: bytes) -> Image.Image:

@@ -68,6 +68,20 @@ def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse
 
 
+def _path_list(optional: bool) -> Callable[[str], list[Path | None]]:
+    """An argparse type: comma-separated paths; with ``optional`` an empty entry is None (no file for that one)."""
+
+    def parse(text: str) -> list[Path | None]:
+        items = [item.strip() for item in text.split(",")]
+        if not optional and not all(items):
+            raise argparse.ArgumentTypeError(f"expected comma-separated paths, got {text!r}")
+        if not any(items):
+            raise argparse.ArgumentTypeError(f"expected at least one path, got {text!r}")
+        return [Path(item) if item else None for item in items]
+
+    return parse
+
+
 def _connection_flags() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection")
@@ -156,6 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
     art.add_argument(
         "--style-scale", type=_number(float, 0, strict=True), metavar="S",
         help="size of every style relative to the output (default: 1)",
+    )  # fmt: skip
+    spatial = run.add_argument_group(
+        "spatial control and seamless output (masks: greyscale images, white = applies; unset: none)"
+    )
+    spatial.add_argument(
+        "--style-masks", type=_path_list(optional=False), metavar="PATH,...",
+        help="one mask per STYLE, in order, at the output's aspect ratio: where that style applies (soft masks "
+        "that add up to 1 blend the styles; at every pixel the masks and --content-only-mask add up to at most 1; "
+        "at most 4)",
+    )  # fmt: skip
+    spatial.add_argument(
+        "--source-masks", type=_path_list(optional=True), metavar="PATH,...",
+        help="one mask per STYLE, at that style image's aspect ratio: the part of the painting to take the style "
+        "from; an empty entry (e.g. ',part.png') takes all of that style",
+    )  # fmt: skip
+    spatial.add_argument(
+        "--content-only-mask", type=Path, metavar="PATH",
+        help="at the output's aspect ratio: where no style applies and the photo is kept (e.g. a face)",
+    )  # fmt: skip
+    spatial.add_argument(
+        "--tileable", action="store_true", default=None,
+        help="circular padding: the output tiles without a seam (textures, repeating patterns)",
     )  # fmt: skip
     run.add_argument("--model", metavar="NAME", help="model name (nst info lists them)")
     run.add_argument(
@@ -250,8 +286,16 @@ def _stylize(args: argparse.Namespace) -> int:
         args.parser.error(f"--blend-weights: {len(args.blend_weights)} weights for {len(style_paths)} style(s)")
     if (args.init_image is None) != (args.init != "image"):
         args.parser.error("--init image and --init-image PATH go together")
+    for flag, given in (("--style-masks", args.style_masks), ("--source-masks", args.source_masks)):
+        if given is not None and len(given) != len(style_paths):
+            args.parser.error(f"{flag}: {len(given)} masks for {len(style_paths)} style(s); give one per STYLE")
     weights = args.blend_weights or [None] * len(style_paths)
-    styles = [Style(path, blend_weight=w, scale=args.style_scale) for path, w in zip(style_paths, weights, strict=True)]
+    masks = args.style_masks or [None] * len(style_paths)
+    sources = args.source_masks or [None] * len(style_paths)
+    styles = [
+        Style(path, blend_weight=w, scale=args.style_scale, mask=mask, source_mask=source)
+        for path, w, mask, source in zip(style_paths, weights, masks, sources, strict=True)
+    ]
     options = options_from_args(args, output_format)
     with _connect(args) as client:
         try:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from nst.v1 import style_transfer_pb2 as pb
 
-from . import images
+from . import images, spatial
 from .config import ServerConfig
 from .errors import InvalidRequest
 from .job import (
@@ -169,6 +172,7 @@ def options_from_pb(
         content_layers=_layers("content_layers", options.content_layers, manifest.content_layers),
         style_layers=style_layers,
         style_layer_weights=_style_layer_weights(options, style_layers or manifest.style_layers),
+        tileable=options.tileable,
     )  # fmt: skip
 
 
@@ -236,6 +240,96 @@ def _style(style: pb.StyleImage, index: int, output_side: int, config: ServerCon
     return Style(images.to_array(decoded, size), weight)
 
 
+def _mask(data: bytes, field: str, fits: tuple[int, int], what: str, config: ServerConfig) -> FloatArray:
+    """A decoded greyscale mask (H, W) in [0, 1] at ``fits`` (width, height), which its aspect ratio must match."""
+    decoded = images.decode(data, field, config.limits.max_pixels).convert("L")
+    width, height = decoded.size
+    ratio, wanted = width / height, fits[0] / fits[1]
+    if abs(ratio / wanted - 1) > spatial.ASPECT_TOLERANCE:
+        raise InvalidRequest(
+            f"{field}: {width}x{height} has aspect ratio {ratio:.3f}; {what} is {fits[0]}x{fits[1]} ({wanted:.3f}), "
+            f"and a mask must match it within {spatial.ASPECT_TOLERANCE:.0%}"
+        )
+    if decoded.getextrema()[1] == 0:
+        raise InvalidRequest(f"{field}: all black, so it selects nothing; white marks where it applies")
+    return images.mask_to_array(decoded, fits)
+
+
+def _style_masks(request: pb.StylizeRequest, styles: tuple[Style, ...], size: tuple[int, int], config: ServerConfig,
+                 ) -> tuple[Style, ...]:  # fmt: skip
+    """``styles`` with their masks (at the output's size) and source masks (at each style's size), checked."""
+    given = [bool(style.mask) for style in request.style_images]
+    if any(given) and not all(given):
+        raise InvalidRequest(
+            f"style_images[].mask: given for {sum(given)} of {len(given)} styles; give a mask for every style or "
+            "for none"
+        )
+    if sum(given) > spatial.MAX_REGIONS:
+        raise InvalidRequest(
+            f"style_images[].mask: {sum(given)} masked styles; at most {spatial.MAX_REGIONS} regions are allowed"
+        )
+    checked = []
+    for index, (message, style) in enumerate(zip(request.style_images, styles, strict=True)):
+        field = f"style_images[{index}]"
+        mask = _mask(message.mask, f"{field}.mask", size, "the output", config) if message.mask else None
+        source = None
+        if message.source_mask:
+            style_size = (style.image.shape[3], style.image.shape[2])
+            source = _mask(message.source_mask, f"{field}.source_mask", style_size, "its style image", config)
+        checked.append(replace(style, mask=mask, source_mask=source))
+    return tuple(checked)
+
+
+def _content_only(request: pb.StylizeRequest, size: tuple[int, int], config: ServerConfig) -> FloatArray | None:
+    data = request.options.content_only_mask
+    if not data:
+        return None
+    field = "options.content_only_mask"
+    if not request.content_image or not request.style_images:
+        raise InvalidRequest(f"{field}: keeps the content photo where no style applies; needs a content and a style")
+    mask = _mask(data, field, size, "the output", config)
+    if mask.min() >= 1.0 - 1.0 / 255:
+        raise InvalidRequest(f"{field}: white everywhere, so no pixel is left for the style; black marks where it may")
+    return mask
+
+
+def _check_overlap(styles: tuple[Style, ...], content_only: FloatArray | None) -> None:
+    """At every pixel the styles' masks and the content-only region add up to at most 1 (within the tolerance)."""
+    masks = [style.mask for style in styles if style.mask is not None]
+    if content_only is not None:
+        masks.append(content_only)
+    if len(masks) < 2:
+        return
+    total: npt.NDArray[np.float64] = np.stack(masks).sum(axis=0, dtype=np.float64)
+    worst = np.unravel_index(int(np.argmax(total)), total.shape)
+    if total[worst] > 1.0 + spatial.OVERLAP_TOLERANCE:
+        fields = "style_images[].mask" + (", options.content_only_mask" if content_only is not None else "")
+        raise InvalidRequest(
+            f"{fields}: they add up to {total[worst]:.2f} at x={worst[1]}, y={worst[0]} of the output; at every pixel "
+            f"the masks may add up to at most 1 (within {spatial.OVERLAP_TOLERANCE:g}): soft masks that blend "
+            "styles share 1 between them"
+        )
+
+
+def _check_untiled(job: Job, config: ServerConfig) -> None:
+    """Masks and tileable output need whole-image evaluation: refuse, before the job starts, any image of the job
+    the server would evaluate in tiles (the output, or a style scaled above the tile size)."""
+    spatial_control = spatial.has_regions(job) or any(style.source_mask is not None for style in job.styles)
+    if not config.tile_px or not (spatial_control or job.options.tileable):
+        return
+    what = "masks" if spatial_control else "options.tileable"
+    sizes = [("output", job.size)] + [
+        (f"style_images[{index}]", (style.image.shape[3], style.image.shape[2]))
+        for index, style in enumerate(job.styles)
+    ]
+    for name, (width, height) in sizes:
+        if max(width, height) > config.tile_px:
+            raise InvalidRequest(
+                f"{what}: only up to the server's tile size, {config.tile_px} px on the longer side; this job's {name} "
+                f"is {width}x{height}; ask for a smaller max_side_px (or style scale)"
+            )
+
+
 def _check_scales(job: Job) -> None:
     """Every image of the coarsest scale must still be 32 px on its short side (relu5_1 needs four poolings)."""
     # The server's own schedule (scales unset) adds scales only while every image stays large enough: here its
@@ -268,8 +362,12 @@ def job_from_request(request: pb.StylizeRequest, job_id: str, models: Sequence[L
     if options.init is Init.IMAGE:
         decoded = images.decode(request.options.init_image, "options.init_image", config.limits.max_pixels)
         init_image = images.to_array(decoded, size)
-    job = Job(job_id, graphs.name, size, content, styles, options, init_image)
+    styles = _style_masks(request, styles, size, config)
+    content_only = _content_only(request, size, config)
+    _check_overlap(styles, content_only)
+    job = Job(job_id, graphs.name, size, content, styles, options, init_image, content_only)
     _check_scales(job)
+    _check_untiled(job, config)
     return job
 
 

@@ -75,6 +75,15 @@ def to_array(image: Image.Image, size: tuple[int, int]) -> FloatArray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis])
 
 
+def mask_to_array(image: Image.Image, size: tuple[int, int]) -> FloatArray:
+    """A greyscale mask as (H, W) in [0, 1] at ``size`` (width, height); bilinear, so no value overshoots."""
+    grey = image.convert("L")
+    if grey.size != size:
+        grey = grey.convert("F").resize(size, Image.Resampling.BILINEAR)
+    pixels = np.asarray(grey, dtype=np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(np.clip(pixels, 0.0, 1.0))
+
+
 def resize(array: FloatArray, size: tuple[int, int]) -> FloatArray:
     """Resample a (1, 3, H, W) array to ``size`` (width, height) without 8-bit rounding (between scales)."""
     if (array.shape[3], array.shape[2]) == size:

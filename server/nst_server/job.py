@@ -63,6 +63,7 @@ class Options:
     content_layers: tuple[str, ...] = ()  # subset of the model's; () = all
     style_layers: tuple[str, ...] = ()  # subset of the model's; () = all
     style_layer_weights: tuple[float, ...] = ()  # one per style layer, normalised; () = equal
+    tileable: bool = False  # circular padding everywhere: the output wraps around without a seam
 
 
 def default_init(has_content: bool, has_style: bool) -> Init:
@@ -79,10 +80,16 @@ def scale_sizes(size: tuple[int, int], scales: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True, slots=True)
 class Style:
-    """A decoded style image at its size for the last scale, and its share of the blended targets."""
+    """A decoded style image at its size for the last scale, and its share of the blended targets.
+
+    Spatial control (``spatial``): ``mask`` (H, W) in [0, 1] at the output's size says where this style applies;
+    ``source_mask`` (h, w) at the style image's size which part of it counts. None: everywhere, all of it.
+    """
 
     image: FloatArray
     blend_weight: float = 1.0
+    mask: FloatArray | None = None
+    source_mask: FloatArray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,7 @@ class Job:
     styles: tuple[Style, ...]  # empty for content reconstruction
     options: Options
     init_image: FloatArray | None = None  # at the output's size, for Init.IMAGE
+    content_only: FloatArray | None = None  # (H, W) in [0, 1] at the output's size: where no style applies
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import colour, images, optimise
+from . import colour, images, optimise, spatial
 from .job import (
     ColourPreservation,
     Event,
@@ -128,10 +128,16 @@ def _styles_for_colour(job: Job) -> tuple[FloatArray, ...]:
 
 @dataclass(frozen=True, slots=True)
 class _Scale:
-    """What one scale optimises against: its evaluator, and the photo at its size (None without one)."""
+    """What one scale optimises against: its evaluator, the photo at its size (None without one), and with a
+    content-only region the map from the optimised variable to the image (``spatial.Pinned``)."""
 
     evaluate: Evaluator
     content: FloatArray | None
+    pinned: spatial.Pinned | None = None
+
+    def image(self, x: FloatArray) -> FloatArray:
+        """The image the optimiser's variable ``x`` stands for."""
+        return x if self.pinned is None else self.pinned.image(x)
 
 
 def _prepare_scale(
@@ -145,6 +151,8 @@ def _prepare_scale(
 
     Above the server's tile size the targets and the evaluator are tiled (exact, in bounded memory); the
     evaluator then checks ``should_stop`` between tiles as well as the optimiser before each evaluation.
+    Masks (``spatial``) are resized to this scale: the styles' source masks guide their targets, and the
+    regions go to the evaluator.
     """
     height, width = canvas.shape[2:]
     ratio = width / job.size[0]
@@ -153,21 +161,29 @@ def _prepare_scale(
         images.resize(style, (max(1, round(style.shape[3] * ratio)), max(1, round(style.shape[2] * ratio))))
         for style in styles
     ]
+    regions = spatial.regions(job, (width, height))
     targets = job_targets(
         graphs,
         canvas if content is None else content,
         scaled or [canvas],
         [style.blend_weight for style in job.styles] or None,
         should_stop,
+        source_guides=spatial.source_guides(job, scaled) if scaled else None,
+        per_style=any(style.mask is not None for style in job.styles),
+        circular=job.options.tileable,
     )
     options = job.options
     content_weights, style_weights = layer_weights(graphs.manifest, options, content is not None, bool(styles))
     loss_weights = options.loss_weights or graphs.manifest.default_loss_weights
     evaluate = graphs.evaluator(
-        (height, width), targets, loss_weights, content_weights, style_weights, should_stop=should_stop
-    )
+        (height, width), targets, loss_weights, content_weights, style_weights,
+        regions=regions, circular=options.tileable, should_stop=should_stop,
+    )  # fmt: skip
     graphs.warm_up(evaluate, canvas)
-    return _Scale(evaluate, content)
+    if job.content_only is None or content is None:
+        return _Scale(evaluate, content)
+    pinned = spatial.Pinned(evaluate, content, spatial.resize_mask(job.content_only, (width, height)))
+    return _Scale(pinned, content, pinned)
 
 
 def carry_inverse_hessian_scale(scale: float, size: tuple[int, int], next_size: tuple[int, int]) -> float:
@@ -193,7 +209,7 @@ def _reporter(
         iteration = done[0] + step.iteration
         emit(Progress(iteration, done[1] + step.evaluations, step.losses, time.perf_counter() - clock))
         if options.preview_every and iteration % options.preview_every == 0:  # encode only when due
-            image = _presentable(job, step.x.reshape(shape).astype(np.float32), scale.content)
+            image = _presentable(job, scale.image(step.x.reshape(shape).astype(np.float32)), scale.content)
             emit(Preview(iteration, images.encode(image, options.output_format), options.output_format))
 
     return on_step
@@ -253,7 +269,7 @@ def stylize(
         if outcome.inverse_hessian_scale is not None and number < len(plans):
             carried = carry_inverse_hessian_scale(outcome.inverse_hessian_scale, size, plans[number].size)
         optimising_s += time.perf_counter() - optimising
-    image = images.encode(_presentable(job, canvas, scale.content), options.output_format)
+    image = images.encode(_presentable(job, scale.image(canvas), scale.content), options.output_format)
     finished = time.perf_counter()
     timings = Timings(queued_s, preparing_s, optimising_s, finished - began + queued_s, evaluating_s)
     result = Result(

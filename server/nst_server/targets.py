@@ -17,26 +17,40 @@ def job_targets(
     styles: Sequence[FloatArray],
     blend: Sequence[float] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
+    source_guides: Sequence[FloatArray | None] | None = None,
+    per_style: bool = False,
+    circular: bool = False,
 ) -> dict[str, FloatArray]:
     """Loss-graph inputs for one job: F_l(p) per content layer, sum_k b_k G_l(a_k) per style layer.
 
     ``blend`` weights the styles (default equal); they are normalised to sum to 1. Tiled targets (large images)
-    check ``should_stop`` between tiles.
+    check ``should_stop`` between tiles. Spatial control (``spatial``): ``source_guides`` (one per style, None for
+    the whole image) guide each style's Gram matrices to part of it; ``per_style`` gives each style's own Gram
+    matrices, stacked (styles, N, N), one region each, instead of their blend. ``circular``: the circular-padding
+    graph's targets, for a tileable output.
     """
     weights = np.asarray(blend if blend is not None else [1.0] * len(styles), np.float64)
     weights = weights / weights.sum()
+    guides = source_guides if source_guides is not None else [None] * len(styles)
     manifest = graphs.manifest
     feeds = {
         name: features
-        for name, features in graphs.targets(content, should_stop=should_stop).items()
+        for name, features in graphs.targets(content, circular=circular, should_stop=should_stop).items()
         if name in {content_target_name(layer) for layer in manifest.content_layers}
     }
-    for weight, style in zip(weights, styles, strict=True):
-        grams = graphs.targets(style, should_stop=should_stop)
+    stacked: dict[str, list[FloatArray]] = {gram_target_name(layer): [] for layer in manifest.style_layers}
+    for weight, style, guide in zip(weights, styles, guides, strict=True):
+        grams = graphs.targets(style, guide, circular=circular, should_stop=should_stop)
         for layer in manifest.style_layers:
             name = gram_target_name(layer)
+            if per_style:
+                stacked[name].append(grams[name])
+                continue
             term = (weight * grams[name]).astype(np.float32)
             feeds[name] = term if name not in feeds else feeds[name] + term
+    if per_style:
+        feeds |= {name: np.stack(grams).astype(np.float32) for name, grams in stacked.items()}
     return feeds
 
 

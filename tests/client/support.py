@@ -66,6 +66,7 @@ class Recorder(pb_grpc.StyleTransferServiceServicer):
     fail_first: int = 0  # this many Stylize attempts fail with UNAVAILABLE before sending anything
     fail_after_start: bool = False  # fail with UNAVAILABLE after the `started` event
     calls: list[dict[str, str]] = field(default_factory=list)
+    requests: list[pb.StylizeRequest] = field(default_factory=list)  # every Stylize request, as received
 
     def DescribeModel(  # noqa: N802 (gRPC's method name)
         self, request: pb.DescribeModelRequest, context: grpc.ServicerContext
@@ -75,6 +76,7 @@ class Recorder(pb_grpc.StyleTransferServiceServicer):
 
     def Stylize(self, request: pb.StylizeRequest, context: grpc.ServicerContext) -> Iterator[pb.StylizeResponse]:  # noqa: N802
         self.calls.append(dict(context.invocation_metadata()))  # type: ignore[arg-type]
+        self.requests.append(request)
         if len(self.calls) <= self.fail_first:
             context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
         yield pb.StylizeResponse(started=pb.JobStarted(job_id="j", model="m", width=32, height=32, max_evaluations=1))

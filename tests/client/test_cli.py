@@ -10,7 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from nst_client.cli import main
 from nst_server.testing import InProcessServer
 from PIL import Image
 
@@ -265,6 +267,74 @@ def test_bad_art_flags_are_usage_errors(
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert recording.recorder.calls == []
+
+
+def _masks(folder: Path) -> tuple[Path, Path, Path, Path]:
+    """Left and right style masks, a source mask and a content-only strip (8 px on the left), at 80x60 and 64x64."""
+    columns = np.arange(80)
+    paths = []
+    for name, white in (("left", (columns >= 8) & (columns < 40)), ("right", columns >= 40), ("strip", columns < 8)):
+        pixels = np.repeat(np.where(white, 255, 0).astype(np.uint8)[np.newaxis], 60, axis=0)
+        Image.fromarray(pixels, "L").save(folder / f"{name}.png")
+        paths.append(folder / f"{name}.png")
+    source = np.zeros((64, 64), np.uint8)
+    source[:, :32] = 255
+    Image.fromarray(source, "L").save(folder / "source.png")
+    left, right, strip = paths
+    return left, right, folder / "source.png", strip
+
+
+def test_spatial_flags_reach_the_request(inputs: Inputs, tmp_path: Path, recording: RecordingServer) -> None:
+    """--style-masks (one per STYLE), --source-masks (an empty entry: the whole style), --content-only-mask and
+    --tileable are sent as the request's fields, byte for byte (in-process: no job needed)."""
+    left, right, source, strip = _masks(tmp_path)
+    code = main(["stylize", str(inputs.content), str(inputs.style), str(inputs.style), "-o", str(tmp_path / "o.png"),
+                 "--server", recording.address, "--style-masks", f"{left},{right}", "--source-masks", f",{source}",
+                 "--content-only-mask", str(strip), "--tileable"])  # fmt: skip
+    assert code == 0
+    (request,) = recording.recorder.requests
+    assert [s.mask for s in request.style_images] == [left.read_bytes(), right.read_bytes()]
+    assert [s.source_mask for s in request.style_images] == [b"", source.read_bytes()]
+    assert (request.options.content_only_mask, request.options.tileable) == (strip.read_bytes(), True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--style-masks", "a.png"), "--style-masks: 1 masks for 2 style(s); give one per STYLE"),
+        (("--source-masks", "a.png,b.png,c.png"), "--source-masks: 3 masks for 2 style(s)"),
+        (("--style-masks", "a.png,"), "--style-masks: expected comma-separated paths"),
+        (("--source-masks", ","), "--source-masks: expected at least one path"),
+    ],
+    ids=["style-count", "source-count", "style-empty", "source-none"],
+)
+def test_bad_mask_flags_are_usage_errors(
+    inputs: Inputs, tmp_path: Path, recording: RecordingServer, flags: tuple[str, ...], message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A mask count that is not one per STYLE, or an empty list, exits 2 before any call (in-process)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["stylize", str(inputs.content), str(inputs.style), str(inputs.style), "-o", str(tmp_path / "out.png"),
+              "--server", recording.address, *flags])  # fmt: skip
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert recording.recorder.calls == []
+
+
+def test_masks_end_to_end(server: InProcessServer, inputs: Inputs, tmp_path: Path) -> None:
+    """The real server takes the CLI's masks: the content-only strip comes back as the photo, the rest does not."""
+    left, right, source, strip = _masks(tmp_path)
+    out = tmp_path / "masked.png"
+    done = nst("stylize", inputs.content, inputs.style, inputs.style, "-o", out, "--server", server.address, *QUICK,
+               "4", "--learning-rate", "0.1", "--style-masks", f"{left},{right}", "--source-masks", f",{source}",
+               "--content-only-mask", strip, "--tileable")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Image.open(out) as image, Image.open(inputs.content) as photo:
+        got = np.asarray(image.convert("RGB"), np.float32)
+        want = np.asarray(photo.convert("RGB").resize((64, 48), Image.Resampling.LANCZOS), np.float32)
+    assert got.shape == (48, 64, 3)
+    assert np.abs(got[:, :5] - want[:, :5]).max() <= 1.0  # the strip (6.4 px at 64 px wide): the photo
+    assert np.abs(got[:, 16:] - want[:, 16:]).mean() > 5.0  # elsewhere: styled
 
 
 def test_unknown_layer_is_refused_on_one_line(server: InProcessServer, inputs: Inputs, tmp_path: Path) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+from pathlib import Path
 
+import numpy as np
 import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst_client import Style, StyleClient, StylizeOptions
-from nst_client._convert import options_to_pb
+from nst_client._convert import options_to_pb, stylize_request
 from nst_client.cli import build_parser, options_from_args
+from PIL import Image
 
 from tests.images import png
 
@@ -28,7 +32,7 @@ def test_every_option_set_reaches_the_message_and_none_leaves_it_unset() -> None
         tv_weight=0, init="image", seed=4, preview_every=2, output_format="webp", lbfgs_history=7,
         colour_preservation="histogram", scales=2, coarse_evaluations=3, init_image=png(8, 8),
         content_layers=["relu4_2"], style_layers=["relu1_1", "relu2_1"], style_layer_weights=[1, 2], width_px=40,
-        height_px=30, min_improvement=0.001,
+        height_px=30, min_improvement=0.001, tileable=True, content_only_mask=np.zeros((8, 8), np.uint8),
     )  # fmt: skip
     message = options_to_pb(every)
     for field in pb.StylizeOptions.DESCRIPTOR.fields:
@@ -43,6 +47,24 @@ def test_every_option_set_reaches_the_message_and_none_leaves_it_unset() -> None
     assert options_to_pb(StylizeOptions()) == pb.StylizeOptions()
 
 
+def test_masks_are_sent_as_images_and_may_be_greyscale_arrays(tmp_path: Path) -> None:
+    """Masks take what images take (paths, bytes, PIL, arrays) and also HxW arrays, sent as greyscale PNGs."""
+    source = tmp_path / "source.png"
+    source.write_bytes(png(8, 8, seed=3))
+    soft = np.linspace(0.0, 1.0, 12 * 16, dtype=np.float32).reshape(12, 16)
+    styles = [Style(png(8, 8), mask=soft, source_mask=source), Style(png(8, 8), mask=np.full((12, 16), 255, np.uint8))]
+    request = stylize_request(png(16, 12), styles, None, StylizeOptions(content_only_mask=soft[::-1].copy()))
+    with Image.open(io.BytesIO(request.style_images[0].mask)) as mask:
+        assert (mask.mode, mask.size) == ("L", (16, 12))
+        np.testing.assert_array_equal(np.asarray(mask), np.round(soft * 255).astype(np.uint8))
+    assert request.style_images[0].source_mask == source.read_bytes()
+    assert np.asarray(Image.open(io.BytesIO(request.style_images[1].mask))).min() == 255
+    assert request.options.content_only_mask
+    assert not request.options.tileable
+    with pytest.raises(ValueError, match=r"styles\[0\]\.mask: a float array must hold finite values in \[0, 1\]"):
+        stylize_request(png(16, 12), [Style(png(8, 8), mask=soft * 2)], None, StylizeOptions())
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -54,6 +76,8 @@ def test_every_option_set_reaches_the_message_and_none_leaves_it_unset() -> None
         ({"style_layers": "relu1_1"}, "style_layers: expected a sequence"),
         ({"content_layers": [""]}, "content_layers: expected non-empty strings"),
         ({"style_layer_weights": [1, float("inf")]}, "style_layer_weights: expected finite numbers"),
+        ({"tileable": 1}, "tileable: expected True or False"),
+        ({"content_only_mask": np.zeros((4, 4, 2))}, "content_only_mask: expected an HxW greyscale or HxWx3 RGB array"),
     ],
 )
 def test_bad_values_are_refused_before_any_call(change: dict[str, object], message: str) -> None:

@@ -13,7 +13,19 @@ import nst_server
 import pytest
 
 PACKAGE = Path(nst_server.__file__).parent
-DOMAIN = ("job", "pipeline", "optimise", "targets", "images", "colour", "model", "errors", "manifest", "admission")
+DOMAIN = (
+    "job",
+    "pipeline",
+    "optimise",
+    "targets",
+    "images",
+    "colour",
+    "model",
+    "errors",
+    "manifest",
+    "admission",
+    "spatial",
+)
 FORBIDDEN = ("grpc", "grpc_health", "grpc_reflection", "onnxruntime", "nst", "google")  # nst: the generated stubs
 
 

@@ -6,6 +6,7 @@ known, so these tests check the pipeline's own logic (the real graphs are tested
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -31,7 +32,8 @@ from nst_server.job import (
     scale_sizes,
 )
 from nst_server.manifest import LossWeights, Manifest, content_target_name, gram_target_name
-from nst_server.model import Evaluation
+from nst_server.model import Evaluation, Regions
+from PIL import Image
 
 STYLE_LAYERS = ("relu1_1", "relu2_1")
 MANIFEST = Manifest("random", "0" * 64, "max", "imagenet", ("relu4_2",), STYLE_LAYERS, 17, "test")
@@ -67,6 +69,9 @@ class _Model:
     evaluators: list[_Evaluator] = field(default_factory=list)
     weights: list[tuple[tuple[float, ...] | None, tuple[float, ...] | None]] = field(default_factory=list)
     warmed: set[tuple[int, ...]] = field(default_factory=set)
+    regions: list[Regions | None] = field(default_factory=list)  # per evaluator
+    circular: list[bool] = field(default_factory=list)  # per targets call, then per evaluator
+    guides: list[FloatArray | None] = field(default_factory=list)  # per targets call
 
     def targets(
         self,
@@ -75,6 +80,8 @@ class _Model:
         circular: bool = False,
         should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, FloatArray]:
+        self.guides.append(guide)
+        self.circular.append(circular)
         level = np.float32(image.mean())
         feeds = {content_target_name(layer): np.full((1, 2, 2, 2), level) for layer in MANIFEST.content_layers}
         return feeds | {gram_target_name(layer): np.eye(2, dtype=np.float32) * level for layer in STYLE_LAYERS}
@@ -85,11 +92,15 @@ class _Model:
         targets: dict[str, FloatArray],
         loss_weights: LossWeights,
         *layer_weights: object,
+        regions: Regions | None = None,
+        circular: bool = False,
         should_stop: Callable[[], bool] | None = None,
     ) -> _Evaluator:
-        """Records the per-layer weights the pipeline passes (content, style)."""
+        """Records the per-layer weights the pipeline passes (content, style), its regions and padding."""
         assert set(targets) == {content_target_name("relu4_2"), *map(gram_target_name, STYLE_LAYERS)}
         self.weights.append(layer_weights)  # type: ignore[arg-type]
+        self.regions.append(regions)
+        self.circular.append(circular)
         self.evaluators.append(_Evaluator(shape))
         return self.evaluators[-1]
 
@@ -228,3 +239,52 @@ def test_a_stop_request_ends_the_job_within_one_evaluation() -> None:
     with pytest.raises(Cancelled):
         pipeline.stylize(_job(max_evaluations=100), model, lambda _: None, should_stop)  # type: ignore[arg-type]
     assert len(model.evaluators[0].calls) == 1 + 3  # the warm-up, then the three evaluations allowed
+
+
+def _halves(width: int, height: int) -> tuple[FloatArray, FloatArray]:
+    left = np.zeros((height, width), np.float32)
+    left[:, : width // 2] = 1.0
+    return left, 1.0 - left
+
+
+def test_masks_reach_the_model_resized_to_each_scale() -> None:
+    """Style masks become regions at every scale's size, source masks guide each style's targets at its scaled
+    size, and tileable selects circular padding for the targets and the loss; a job without masks passes none."""
+    left, right = _halves(64, 48)
+    source = np.ones((64, 64), np.float32)
+    plain = _job(styles=2, scales=2)
+    masked = replace(plain, styles=(Style(plain.styles[0].image, 1.0, left, source), Style(plain.styles[1].image,
+                     1.0, right)), options=replace(plain.options, tileable=True))  # fmt: skip
+    _, _, model = _run(masked)
+    sizes = [(h, w) for w, h in scale_sizes((64, 48), 2)]
+    assert [r.guides.shape[1:] if r is not None else None for r in model.regions] == sizes
+    for regions, (height, width) in zip(model.regions, sizes, strict=True):
+        assert regions is not None
+        np.testing.assert_array_equal(regions.guides[0] + regions.guides[1], np.ones((height, width)))
+        assert 0.95 < regions.weights.sum() <= 1.0  # the halves' shares; where they blend, T^2 adds up to less
+    assert [g is not None for g in model.guides] == [False, True, False] * 2  # photo, style 0, style 1; per scale
+    style_guides = [g for g in model.guides if g is not None]
+    assert [g.shape for g in style_guides] == [(45, 45), (64, 64)]  # styles scale with the canvas
+    assert all(model.circular)
+    _, _, unmasked = _run(plain)
+    assert unmasked.regions == [None, None]
+    assert all(guide is None for guide in unmasked.guides)
+    assert not any(unmasked.circular)
+
+
+def test_the_content_only_region_comes_back_as_the_photo() -> None:
+    """With the stand-in pulling every pixel to 0.25, the content-only region still returns the photo, and the
+    evaluator (the pinned one) never sees anything else there; previews are composed the same way."""
+    held = np.zeros((48, 64), np.float32)
+    held[:, :16] = 1.0
+    job = replace(_job(init=Init.NOISE, preview_every=3), content_only=held)
+    events, result, model = _run(job)
+    assert job.content is not None
+    for call in model.evaluators[0].calls[1:]:  # calls[0] is the warm-up, whose values nothing uses
+        np.testing.assert_allclose(call[..., :16], job.content[..., :16], atol=1e-6)
+    decoded = np.asarray(Image.open(io.BytesIO(result.image)), np.float32).transpose(2, 0, 1) / 255
+    np.testing.assert_allclose(decoded[..., :16], job.content[0, :, :, :16], atol=0.5 / 255 + 1e-6)
+    assert np.abs(decoded[..., 20:] - job.content[0, :, :, 20:]).mean() > 0.05
+    preview = next(e for e in events if isinstance(e, Preview))
+    shown = np.asarray(Image.open(io.BytesIO(preview.image)), np.float32).transpose(2, 0, 1) / 255
+    np.testing.assert_allclose(shown[..., :16], job.content[0, :, :, :16], atol=0.5 / 255 + 1e-6)
