@@ -87,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.tile_px,
         metavar="PX",
-        help=f"evaluate images whose longer side exceeds PX exactly in PX tiles (plus a 160 px halo), so memory "
-        f"follows PX, not the image; a multiple of 16 from {MIN_TILE_PX}, or 0 for whole images only "
-        f"(default {d.tile_px})",
+        help=f"evaluate images exactly in PX tiles, each with the model's halo (160 px) around it, when their longer "
+        f"side exceeds one such tile (PX + 320 px), so memory follows PX, not the image; a multiple of 16 from "
+        f"{MIN_TILE_PX}, or 0 for whole images only (default {d.tile_px})",
     )
     for dest, (flag, what) in _SECONDS_FLAGS.items():
         parser.add_argument(flag, dest=dest, type=float, default=getattr(d, dest), help=f"{what} (default %(default)g)")

@@ -14,7 +14,7 @@ from nst.v1 import style_transfer_pb2 as pb
 
 from . import images, spatial
 from .config import ServerConfig
-from .errors import InvalidRequest
+from .errors import InvalidRequest, untiled_only
 from .job import (
     ColourPreservation,
     Event,
@@ -311,11 +311,12 @@ def _check_overlap(styles: tuple[Style, ...], content_only: FloatArray | None) -
         )
 
 
-def _check_untiled(job: Job, config: ServerConfig) -> None:
+def _check_untiled(job: Job, graphs: LossModel) -> None:
     """Masks and tileable output need whole-image evaluation: refuse, before the job starts, any image of the job
-    the server would evaluate in tiles (the output, or a style scaled above the tile size)."""
+    the server would evaluate in tiles (the output, or a style scaled above the whole-image size)."""
     spatial_control = spatial.has_regions(job) or any(style.source_mask is not None for style in job.styles)
-    if not config.tile_px or not (spatial_control or job.options.tileable):
+    limit = graphs.whole_max_side_px
+    if limit is None or not (spatial_control or job.options.tileable):
         return
     what = "masks" if spatial_control else "options.tileable"
     sizes = [("output", job.size)] + [
@@ -323,11 +324,8 @@ def _check_untiled(job: Job, config: ServerConfig) -> None:
         for index, style in enumerate(job.styles)
     ]
     for name, (width, height) in sizes:
-        if max(width, height) > config.tile_px:
-            raise InvalidRequest(
-                f"{what}: only up to the server's tile size, {config.tile_px} px on the longer side; this job's {name} "
-                f"is {width}x{height}; ask for a smaller max_side_px (or style scale)"
-            )
+        if max(width, height) > limit:
+            raise untiled_only(what, f"{name} is {width}x{height}", limit)
 
 
 def _check_scales(job: Job) -> None:
@@ -367,7 +365,7 @@ def job_from_request(request: pb.StylizeRequest, job_id: str, models: Sequence[L
     _check_overlap(styles, content_only)
     job = Job(job_id, graphs.name, size, content, styles, options, init_image, content_only)
     _check_scales(job)
-    _check_untiled(job, config)
+    _check_untiled(job, graphs)
     return job
 
 

@@ -26,7 +26,11 @@ class Limits:
     max_message_bytes: int = 64 * 1024 * 1024  # of a request
 
 
-DEFAULT_TILE_PX = 384  # BENCHMARKS.md, "Large images": a 704 px tile (with its halo) keeps 2048x1536 near 2.2 GB
+# BENCHMARKS.md, "Large images": one tile's gradient run peaks at 1.59 GB in a fresh process with 256 px tiles (576 px
+# with the halo), 1.83 GB at 320 and 2.05 GB at 384 (`python -m bench.tile_memory`); a 2048x1536 job adds about
+# 0.6 GB of whole-image arrays and L-BFGS pairs, and reached 2.75 GB with 384 px tiles, over the 2.5 GB it must keep
+# to. 256 px costs arithmetic instead: 5.7x the whole image's per pixel at 2048x1536, against 3.8x at 384.
+DEFAULT_TILE_PX = 256
 MAX_SIDE_TILED_PX = 4096  # default --max-side when tiling is on
 MAX_SIDE_WHOLE_PX = 1024  # default --max-side with --tile-size 0: a whole 1024 px image takes about 2.6 GB
 MIN_TILE_PX = 64
@@ -43,8 +47,9 @@ class ServerConfig:
     threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
     optimizer_placement: Placement = "auto"
     limits: Limits = field(default_factory=Limits)
-    # Images whose longer side exceeds this are evaluated exactly in tiles of it (plus a 160 px halo), so memory
-    # follows the tile size, not the image's; 0 = whole images only. A multiple of 16, the pooling grid.
+    # Images whose longer side exceeds one tile with its halo (this + 2 x 160 px, TileGraphs.whole_max_side_px) are
+    # evaluated exactly in tiles of this size, so memory follows the tile size, not the image's; 0 = whole images
+    # only. A multiple of 16, the pooling grid.
     tile_px: int = DEFAULT_TILE_PX
     drain_s: float = 5.0  # after SIGTERM, health answers NOT_SERVING this long before the listener closes
     grace_s: float = 30.0  # then running jobs get this long to finish before they are cancelled

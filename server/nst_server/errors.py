@@ -14,6 +14,14 @@ class InvalidRequest(JobError):
     """The request names a bad field value; the message names the field, the value and what is allowed."""
 
 
+def untiled_only(what: str, found: str, whole_max_side_px: int | None) -> InvalidRequest:
+    """The refusal of ``what`` (masks, tileable output) for an image the server would evaluate in tiles."""
+    return InvalidRequest(
+        f"{what}: only for images the server evaluates whole, up to {whole_max_side_px} px on the longer side "
+        f"(--tile-size plus the model's halo on both sides); this job's {found}; ask for a smaller max_side_px"
+    )
+
+
 class Overloaded(JobError):
     """Every running slot and every queue place is taken."""
 

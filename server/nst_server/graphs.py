@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from . import manifest as mf
 from .config import Device, Placement
-from .errors import InvalidRequest
+from .errors import untiled_only
 from .job import FloatArray
 from .model import Evaluation, Evaluator, Regions
 from .optimise import HostOptimiser, Optimiser
@@ -278,19 +278,20 @@ class LossGraphs:
         forward, grad = (_session(path, _session_options(threads), providers) for path in files)
         return TileGraphs(forward, grad, self.manifest, tile_px)
 
+    @property
+    def whole_max_side_px(self) -> int | None:
+        """The longest side this model evaluates whole (TileGraphs.whole_max_side_px); None: any, it never tiles."""
+        return None if self.tiles is None else self.tiles.whole_max_side_px
+
     def tiled(self, shape: tuple[int, int]) -> bool:
         """Whether an image of ``shape`` (height, width) is evaluated in tiles."""
-        return self.tiles is not None and max(shape) > self.tiles.tile_px
+        return self.whole_max_side_px is not None and max(shape) > self.whole_max_side_px
 
     def _refuse_tiled(self, shape: tuple[int, int], guided: bool, circular: bool) -> None:
         """Region masks and circular padding hold whole-image state the tile graphs do not take (yet): refuse."""
         if guided or circular:
-            assert self.tiles is not None
             what = "masks (region guides)" if guided else "tileable (circular) output"
-            raise InvalidRequest(
-                f"{what}: only up to the server's tile size, {self.tiles.tile_px} px on the longer side; this "
-                f"job's working size is {shape[1]}x{shape[0]}; ask for max_side_px {self.tiles.tile_px} or less"
-            )
+            raise untiled_only(what, f"working size is {shape[1]}x{shape[0]}", self.whole_max_side_px)
 
     def warm_up(self, evaluator: Evaluator, image: FloatArray) -> None:
         """Evaluate once if this size is new to the process: onnxruntime plans memory per shape on first run.

@@ -77,6 +77,11 @@ class LossModel(Protocol):
     @property
     def manifest(self) -> Manifest: ...
 
+    @property
+    def whole_max_side_px(self) -> int | None:
+        """The longest side evaluated whole; larger images are evaluated in exact tiles. None: no tiling."""
+        ...
+
     def targets(
         self,
         image: FloatArray,

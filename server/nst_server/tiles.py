@@ -105,6 +105,13 @@ class TileGraphs:
         assert self.manifest.tile_align_px is not None
         return self.manifest.tile_align_px
 
+    @property
+    def whole_max_side_px(self) -> int:
+        """The longest side evaluated whole: one tile with its halo on both sides. Such an image costs no more memory
+        than a tile's gradient run, and tiling it would only add the halos' arithmetic (4x at 512x384 with 256 px
+        tiles), so tiling starts above it."""
+        return self.tile_px + 2 * self.halo_px
+
     def plan(self, height: int, width: int) -> list[Tile]:
         return plan(height, width, self.tile_px, self.halo_px, self.align_px)
 

@@ -67,12 +67,13 @@ def test_2048x1536_job_peak_rss_is_bounded_by_the_tile(model_dir: Path) -> None:
 @pytest.mark.slow  # tiled jobs above the tile size: tens of seconds on 2 cores
 @pytest.mark.parametrize("colour", [pb.COLOUR_PRESERVATION_LUMINANCE, pb.COLOUR_PRESERVATION_HISTOGRAM])
 def test_art_options_keep_working_in_tiles(model_dir: Path, colour: int) -> None:
-    """Coarse to fine across the tile size (the coarse scale whole, the fine one tiled), previews, colour modes."""
-    server = start_server([model_dir], "--tile-size", "128")
+    """Coarse to fine across the whole-image size (the coarse scale whole, the fine one tiled), previews, colour
+    modes. 256 px tiles: whole up to 256 + 2 x 160 = 576 px."""
+    server = start_server([model_dir], "--tile-size", "256")
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.StyleTransferServiceStub(channel)
-            request = _large_request(144, 96, 6)
+            request = _large_request(640, 426, 6)
             request.options.scales = 2
             request.options.coarse_evaluations = 2
             request.options.preview_every = 1
@@ -82,12 +83,12 @@ def test_art_options_keep_working_in_tiles(model_dir: Path, colour: int) -> None
         assert kinds[-1] == "result", stream[-1]
         assert "preview" in kinds
         scales = [(m.width, m.height) for kind, m in stream if kind == "scale_started"]  # type: ignore[attr-defined]
-        assert scales == [(102, 68), (144, 96)]  # the first within the 128 px tile size, the second over it
+        assert scales == [(453, 301), (640, 426)]  # the first evaluated whole, the second in tiles
         result = stream[-1][1]
         assert isinstance(result, pb.Result)
-        assert (result.width, result.height) == (144, 96)
+        assert (result.width, result.height) == (640, 426)
         with Image.open(io.BytesIO(result.image)) as image:
-            assert image.size == (144, 96)
+            assert image.size == (640, 426)
     finally:
         assert server.terminate() == 0
 

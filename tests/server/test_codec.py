@@ -1,6 +1,7 @@
 """Request validation in codec, in-process: every rule, the message it gives, and the defaults of what is left unset.
 
-No gRPC and no onnxruntime: codec only reads a model's name and manifest, so a stand-in carries a real Manifest.
+No gRPC and no onnxruntime: codec only reads a model's name, manifest and whole-image size, so a stand-in carries a
+real Manifest.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class _Model:
     name: str
     manifest: Manifest = MANIFEST
     device: str = "cpu"
+    whole_max_side_px: int | None = None  # never tiles
 
 
 MODELS = [_Model("first"), _Model("second", replace(MANIFEST, preprocessing="caffe"))]

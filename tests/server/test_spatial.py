@@ -175,7 +175,7 @@ def test_per_style_targets_are_each_styles_own_guided_grams(graphs: LossGraphs) 
 @pytest.fixture(name="stub", scope="module")
 def _stub(model_dir: Path) -> Iterator[pb_grpc.StyleTransferServiceStub]:
     with (
-        running_server([model_dir], "--tile-size", "64", "--max-side", "256", "--drain", "0") as server,
+        running_server([model_dir], "--tile-size", "64", "--max-side", "512", "--drain", "0") as server,
         grpc.insecure_channel(server.address) as channel,
     ):
         yield pb_grpc.StyleTransferServiceStub(channel)
@@ -263,13 +263,16 @@ REFUSALS = {
         _request([], content_only_mask=_mask()),
         "options.content_only_mask: keeps the content photo where no style applies; needs a content and a style",
     ),
-    "masks above the tile size": (
-        _request([LEFT, RIGHT], max_side_px=128),
-        "masks: only up to the server's tile size, 64 px on the longer side; this job's output is 128x96",
+    # The fixture's server tiles above 64 + 2 x 160 = 384 px.
+    "masks above the whole-image size": (
+        _request([LEFT, RIGHT], max_side_px=400),
+        "masks: only for images the server evaluates whole, up to 384 px on the longer side (--tile-size plus the "
+        "model's halo on both sides); this job's output is 400x300",
     ),
-    "tileable above the tile size": (
-        _request([b""], max_side_px=128, tileable=True),
-        "options.tileable: only up to the server's tile size, 64 px on the longer side; this job's output is 128x96",
+    "tileable above the whole-image size": (
+        _request([b""], max_side_px=400, tileable=True),
+        "options.tileable: only for images the server evaluates whole, up to 384 px on the longer side (--tile-size "
+        "plus the model's halo on both sides); this job's output is 400x300",
     ),
 }
 

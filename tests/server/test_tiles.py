@@ -115,14 +115,14 @@ def test_tiled_matches_whole_off_the_16_px_grid(model_dir: Path) -> None:
 def test_tiled_matches_whole_with_average_pooling_and_caffe_inputs(caffe_avg_model_dir: Path) -> None:
     """Losses within 2e-5, the export check's bound: with Caffe's 0-255 inputs the whole-image graph's own float32
     content mean is about 1.1e-5 off float64 (the tiles, summing per tile, came closer), so 1e-5 tests its error."""
-    _compare(caffe_avg_model_dir, 333, 290, 128, seed=3, loss_tolerance=2e-5)
+    _compare(caffe_avg_model_dir, 480, 290, 128, seed=3, loss_tolerance=2e-5)
 
 
 @pytest.mark.slow  # whole-image and tiled runs at up to 1024x768: minutes on 2 cores
 def test_tiled_evaluation_stops_between_tiles(model_dir: Path) -> None:
     """A cancelled job stops within one tile: the check runs before every tile's run."""
     graphs = LossGraphs(model_dir, device="cpu", tile_px=128)
-    image, content, style = _images(300, 300, seed=4)
+    image, content, style = _images(300, 460, seed=4)
     targets = graphs.targets(content) | {k: v for k, v in graphs.targets(style).items() if k.startswith("gram")}
     checks = []
 
@@ -130,16 +130,19 @@ def test_tiled_evaluation_stops_between_tiles(model_dir: Path) -> None:
         checks.append(1)
         return len(checks) > 3
 
-    evaluate = graphs.evaluator((300, 300), targets, graphs.manifest.default_loss_weights, should_stop=should_stop)
+    evaluate = graphs.evaluator((300, 460), targets, graphs.manifest.default_loss_weights, should_stop=should_stop)
     with pytest.raises(Cancelled):
         evaluate(image)
     assert len(checks) == 4
 
 
-def test_small_images_stay_whole(model_dir: Path) -> None:
+def test_images_that_fit_one_tile_with_its_halo_stay_whole(model_dir: Path) -> None:
+    """Up to 256 + 2 x 160 px on the longer side an image costs no more memory whole than one tile: it stays whole."""
     graphs = LossGraphs(model_dir, device="cpu", tile_px=256)
-    assert not graphs.tiled((256, 200))
-    assert graphs.tiled((257, 16))
+    assert graphs.whole_max_side_px == 256 + 2 * HALO
+    assert not graphs.tiled((256 + 2 * HALO, 400))
+    assert graphs.tiled((16, 256 + 2 * HALO + 1))
+    assert LossGraphs(model_dir, device="cpu").whole_max_side_px is None  # no tiling: whole at any size
 
 
 def test_model_without_tile_graphs_is_refused_when_tiling(model_dir: Path, tmp_path: Path) -> None:
@@ -154,23 +157,25 @@ def test_model_without_tile_graphs_is_refused_when_tiling(model_dir: Path, tmp_p
 
 def test_masks_and_circular_padding_are_refused_above_the_tile_size(model_dir: Path) -> None:
     """Region guides and circular padding hold whole-image state the tile graphs do not take: a clear refusal."""
-    graphs = LossGraphs(model_dir, device="cpu", tile_px=64)
-    image = np.zeros((1, 3, 80, 48), np.float32)
+    graphs = LossGraphs(model_dir, device="cpu", tile_px=64)  # whole up to 64 + 2 x 160 = 384 px
+    image = np.zeros((1, 3, 400, 48), np.float32)
     targets = graphs.targets(image)
     weights = graphs.manifest.default_loss_weights
-    with pytest.raises(InvalidRequest, match=r"masks \(region guides\): only up to the server's tile size, 64 px"):
-        graphs.evaluator((80, 48), targets, weights, regions=Regions.everywhere((80, 48)))
+    with pytest.raises(
+        InvalidRequest, match=r"masks \(region guides\): only for images the server evaluates whole, up to 384 px"
+    ):
+        graphs.evaluator((400, 48), targets, weights, regions=Regions.everywhere((400, 48)))
     with pytest.raises(InvalidRequest, match="tileable"):
-        graphs.evaluator((80, 48), targets, weights, circular=True)
-    with pytest.raises(InvalidRequest, match="48x80"):
-        graphs.targets(image, guide=np.ones((80, 48), np.float32))
-    # At or below the tile size both work as before.
-    small = np.zeros((1, 3, 64, 48), np.float32)
-    graphs.evaluator((64, 48), graphs.targets(small), weights, regions=Regions.everywhere((64, 48)))
+        graphs.evaluator((400, 48), targets, weights, circular=True)
+    with pytest.raises(InvalidRequest, match="48x400"):
+        graphs.targets(image, guide=np.ones((400, 48), np.float32))
+    # At or below the whole-image size both work as before.
+    small = np.zeros((1, 3, 384, 48), np.float32)
+    graphs.evaluator((384, 48), graphs.targets(small), weights, regions=Regions.everywhere((384, 48)))
 
 
 def test_tiled_targets_stop_between_tiles(model_dir: Path) -> None:
     """The targets of a large photo or style are tiles too, and a cancelled job stops there as well."""
     graphs = LossGraphs(model_dir, device="cpu", tile_px=64)
     with pytest.raises(Cancelled):
-        graphs.targets(np.zeros((1, 3, 100, 100), np.float32), should_stop=lambda: True)
+        graphs.targets(np.zeros((1, 3, 100, 400), np.float32), should_stop=lambda: True)
