@@ -312,18 +312,18 @@ def _check_overlap(styles: tuple[Style, ...], content_only: FloatArray | None) -
 
 
 def _check_untiled(job: Job, graphs: LossModel) -> None:
-    """Masks and tileable output need whole-image evaluation: refuse, before the job starts, any image of the job
-    the server would evaluate in tiles (the output, or a style scaled above the whole-image size)."""
-    spatial_control = spatial.has_regions(job) or any(style.source_mask is not None for style in job.styles)
-    limit = graphs.whole_max_side_px
-    if limit is None or not (spatial_control or job.options.tileable):
+    """Masks and tileable output need whole-image graphs: refuse, before the job starts, what the server would
+    evaluate in tiles. Regions and tileable need the output whole; a source mask, or tileable, needs that style whole
+    (a masked job's styles without source masks may be larger: their plain targets are taken in tiles)."""
+    limit, tileable, regions = graphs.whole_max_side_px, job.options.tileable, spatial.has_regions(job)
+    if limit is None:
         return
-    what = "masks" if spatial_control else "options.tileable"
-    sizes = [("output", job.size)] + [
-        (f"style_images[{index}]", (style.image.shape[3], style.image.shape[2]))
-        for index, style in enumerate(job.styles)
-    ]
-    for name, (width, height) in sizes:
+    checks = [("masks" if regions else "options.tileable", "output", job.size)] if regions or tileable else []
+    for index, style in enumerate(job.styles):
+        if style.source_mask is not None or tileable:
+            what = f"style_images[{index}].source_mask" if style.source_mask is not None else "options.tileable"
+            checks.append((what, f"style_images[{index}]", (style.image.shape[3], style.image.shape[2])))
+    for what, name, (width, height) in checks:
         if max(width, height) > limit:
             raise untiled_only(what, f"{name} is {width}x{height}", limit)
 

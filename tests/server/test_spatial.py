@@ -190,11 +190,12 @@ def _mask(width: int = WIDTH, height: int = HEIGHT, value: int = 255, white_befo
     return encoded(Image.fromarray(255 - pixels if invert else pixels, "L"))
 
 
-def _request(masks: list[bytes], sources: list[bytes] | None = None, content: bool = True, **options: object,
-             ) -> pb.StylizeRequest:  # fmt: skip
-    """A request whose styles carry ``masks`` (b"" for none); a 64x48 content image unless ``content`` is False."""
+def _request(masks: list[bytes], sources: list[bytes] | None = None, content: bool = True, scale: float = 1.0,
+             **options: object) -> pb.StylizeRequest:  # fmt: skip
+    """A request whose styles (at ``scale``) carry ``masks`` (b"" for none); a 64x48 content image unless
+    ``content`` is False."""
     sources = sources or [b""] * len(masks)
-    styles = [pb.StyleImage(image=png(48, 48, seed=2 + k), mask=m, source_mask=s) for k, (m, s) in
+    styles = [pb.StyleImage(image=png(48, 48, seed=2 + k), mask=m, source_mask=s, scale=scale) for k, (m, s) in
               enumerate(zip(masks, sources, strict=True))]  # fmt: skip
     options = {"max_side_px": WIDTH, "max_evaluations": 1, **options}
     return pb.StylizeRequest(
@@ -268,6 +269,11 @@ REFUSALS = {
         _request([LEFT, RIGHT], max_side_px=400),
         "masks: only for images the server evaluates whole, up to 384 px on the longer side (--tile-size plus the "
         "model's halo on both sides); this job's output is 400x300",
+    ),
+    "source mask on a style above the whole-image size": (
+        _request([b""], [_mask(48, 48)], max_side_px=256, scale=1.6),
+        "style_images[0].source_mask: only for images the server evaluates whole, up to 384 px on the longer side "
+        "(--tile-size plus the model's halo on both sides); this job's style_images[0] is 410x410",
     ),
     "tileable above the whole-image size": (
         _request([b""], max_side_px=400, tileable=True),
