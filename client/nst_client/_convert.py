@@ -242,7 +242,7 @@ def to_event(response: pb.StylizeResponse) -> Event | None:
         return Preview(response.preview.iteration, response.preview.image, _format(response.preview.format))
     if kind == "result":
         r, t = response.result, response.result.timings
-        timings = Timings(t.queued_s, t.warmup_s, t.optimise_s, t.total_s, t.evaluate_s)
+        timings = Timings(t.queued_s, t.warmup_s, t.optimise_s, t.total_s, t.evaluate_s, t.step_s, t.host_s)
         return Result(
             r.image,
             _format(r.format),

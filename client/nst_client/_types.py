@@ -125,7 +125,9 @@ class Timings:
     warmup_s: float
     optimise_s: float
     total_s: float
-    evaluate_s: float  # the part of optimise_s inside the model's runs; the rest is the server's host work
+    evaluate_s: float  # the part of optimise_s inside the model's runs of the loss graph
+    step_s: float = 0.0  # the part inside the optimiser's step graphs on the device
+    host_s: float = 0.0  # the rest of optimise_s: the server's Python-side work
 
 
 @dataclass(frozen=True, slots=True)

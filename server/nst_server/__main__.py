@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (default)",
     )
     parser.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per job (0 = all cores)")
-    auto = ", ".join(f"{placement} on {device}" for device, placement in AUTO_PLACEMENT.items())
+    auto = "; ".join(
+        f"on {device} " + ", ".join(f"{optimizer} {where}" for optimizer, where in placements.items())
+        for device, placements in AUTO_PLACEMENT.items()
+    )
     parser.add_argument(
         "--optimizer-placement",
         choices=get_args(Placement),
@@ -69,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where the optimiser's step and state live: host (numpy; the image crosses each evaluation), device "
         f"(step graphs on the model's device; only loss scalars cross), or auto: per device, {auto} "
         f"(default {d.optimizer_placement})",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="CUDA only: replay the device-placed Adam step as captured CUDA graphs (one per scale); the loss graph "
+        "and L-BFGS's steps are not captured (host copies; scalars read each run)",
     )
     for limit, what in _LIMIT_FLAGS.items():
         parser.add_argument(
@@ -131,6 +140,8 @@ def _usage_problem(config: ServerConfig) -> str | None:
             f"--tile-size {config.tile_px}: must be 0 (whole images only) or a multiple of 16 px (the pooling grid) "
             f"of at least {MIN_TILE_PX}"
         )
+    if config.cuda_graphs and config.device == "cpu":
+        return "--cuda-graphs needs CUDA: it captures GPU work as CUDA graphs, and --device cpu has none"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together: give both (TLS) or neither (plaintext)"
     return None

@@ -31,12 +31,20 @@ _MESSAGE_OVERHEAD_BYTES = 1 << 20
 
 def load_models(config: ServerConfig) -> list[LossGraphs]:
     """Load every model directory once; all jobs share the sessions."""
-    return [
+    models = [
         LossGraphs(
-            directory, config.device, config.threads, tile_px=config.tile_px, placement=config.optimizer_placement
+            directory,
+            config.device,
+            config.threads,
+            tile_px=config.tile_px,
+            placement=config.optimizer_placement,
+            cuda_graphs=config.cuda_graphs,
         )
         for directory in config.model_dirs
     ]
+    for model in models:
+        model.prepare_steps()
+    return models
 
 
 class Server:

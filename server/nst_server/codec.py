@@ -405,7 +405,7 @@ def to_response(event: Event) -> pb.StylizeResponse:
                 losses=_losses(event.losses), iterations=event.iterations, evaluations=event.evaluations,
                 timings=pb.Timings(
                     queued_s=t.queued_s, warmup_s=t.warmup_s, optimise_s=t.optimise_s, total_s=t.total_s,
-                    evaluate_s=t.evaluate_s,
+                    evaluate_s=t.evaluate_s, step_s=t.step_s, host_s=t.host_s,
                 ),
                 stop_reason=_STOP_REASON_TO_PB[event.stop_reason], full_size_evaluations=event.full_size_evaluations,
             ))  # fmt: skip

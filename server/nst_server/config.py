@@ -46,6 +46,9 @@ class ServerConfig:
     device: Device = "auto"
     threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
     optimizer_placement: Placement = "auto"
+    # Capture the device-placed Adam step as CUDA graphs (onnxruntime's enable_cuda_graph), one per scale and buffer
+    # parity, in a session of the job's own; CUDA only. See graphs.LossGraphs for what is and is not captured.
+    cuda_graphs: bool = False
     limits: Limits = field(default_factory=Limits)
     # Images whose longer side exceeds one tile with its halo (this + 2 x 160 px, TileGraphs.whole_max_side_px) are
     # evaluated exactly in tiles of this size, so memory follows the tile size, not the image's; 0 = whole images

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .graphs import SessionEvaluator
 
 BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-8  # optimise.adam's defaults, the only ones the server uses
+CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
 class StepGraphs:
@@ -53,8 +54,11 @@ class StepGraphs:
     L-BFGS's direction graph unrolls its two-loop recursion, so there is one per number of pairs in use.
     """
 
-    def __init__(self, options: Callable[[], ort.SessionOptions], providers: list[str]) -> None:
+    def __init__(
+        self, options: Callable[[], ort.SessionOptions], providers: list[str], cuda_graphs: bool = False
+    ) -> None:
         self._options, self._providers = options, providers
+        self.cuda_graphs = cuda_graphs and providers[0] == CUDA_PROVIDER
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
@@ -79,6 +83,22 @@ class StepGraphs:
 
     def direction(self, pairs: int) -> ort.InferenceSession:
         return self._get(f"direction_{pairs}", lambda: step_graphs.lbfgs_direction(pairs))
+
+    def captured_adam(self) -> ort.InferenceSession:
+        """An Adam step session of one job's own, with CUDA graph capture on: a captured session must not run
+        for two jobs at once, and each graph replays the buffers it was captured with."""
+        providers: list[str | tuple[str, dict[str, str]]] = [(CUDA_PROVIDER, {"enable_cuda_graph": "1"})]
+        model = step_graphs.adam_step().SerializeToString()
+        return ort.InferenceSession(model, self._options(), providers=providers)
+
+    def prepare(self, history: int) -> None:
+        """Build every session a job with up to ``history`` pairs needs, so that no job waits for one (about
+        0.1 s each; longer histories get theirs when first asked for)."""
+        self._get("adam", step_graphs.adam_step)
+        self._get("trial", step_graphs.lbfgs_trial)
+        self._get("pair", step_graphs.lbfgs_pair)
+        for pairs in range(history + 1):
+            self.direction(pairs)
 
 
 def _bind_host_output(binding: ort.IOBinding, name: str, buffer: npt.NDArray[np.float32]) -> None:
@@ -121,9 +141,11 @@ class DeviceOptimiser:
     def _download(value: ort.OrtValue) -> Callable[[], npt.NDArray[np.float32]]:
         return lambda: np.asarray(value.numpy()).ravel()
 
-    def _run_step(self, session: ort.InferenceSession, binding: ort.IOBinding) -> None:
+    def _run_step(
+        self, session: ort.InferenceSession, binding: ort.IOBinding, options: ort.RunOptions | None = None
+    ) -> None:
         start = time.perf_counter()
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding, options)
         self.step_s += time.perf_counter() - start
 
     def _evaluate(self, image: ort.OrtValue, grad: ort.OrtValue) -> Losses:
@@ -147,8 +169,12 @@ class DeviceOptimiser:
         *,
         converged: Callable[[float], bool] = never,
     ) -> Outcome:
-        """``optimise.adam``: x, moments and counter double-buffered (A -> B, B -> A), two bindings made once."""
-        session = self._steps.adam
+        """``optimise.adam``: x, moments and counter double-buffered (A -> B, B -> A), two bindings made once.
+
+        With CUDA graphs, each binding is one captured graph (gpu_graph_id 0 and 1) of a session of this scale's.
+        """
+        captured = self._steps.cuda_graphs
+        session = self._steps.captured_adam() if captured else self._steps.adam
         zeros = np.zeros(self._shape, np.float32)
         x = [self._upload(x0), self._image()]
         first, second = [self._upload(zeros), self._image()], [self._upload(zeros), self._image()]
@@ -167,6 +193,10 @@ class DeviceOptimiser:
             for name, value in zip(step_graphs.ADAM_OUTPUTS, (x[b], first[b], second[b], counter[b]), strict=True):
                 binding.bind_ortvalue_output(name, value)
             bindings.append(binding)
+        run_options = [ort.RunOptions() for _ in bindings]
+        if captured:
+            for graph_id, options in enumerate(run_options):
+                options.add_run_config_entry("gpu_graph_id", str(graph_id))
         now, losses = 0, NOT_EVALUATED
         for step in range(1, budget + 1):
             if should_stop():
@@ -177,7 +207,7 @@ class DeviceOptimiser:
                 return Outcome(self._download(x[now])(), losses, step, step, StopReason.CONVERGED)
             if step == budget:
                 break
-            self._run_step(session, bindings[now])
+            self._run_step(session, bindings[now], run_options[now])
             now = 1 - now
         return Outcome(self._download(x[now])(), losses, budget, budget)
 

@@ -5,6 +5,7 @@ Arrays follow one convention everywhere in the server: float32, NCHW, batch 1, R
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -19,9 +20,9 @@ import onnxruntime as ort
 from . import manifest as mf
 from .config import Device, Placement
 from .errors import untiled_only
-from .job import FloatArray
+from .job import FloatArray, Options
 from .model import Evaluation, Evaluator, Regions
-from .optimise import HostOptimiser, Optimiser
+from .optimise import HostOptimiser, Optimiser, SplitOptimiser
 from .targets import layer_weights
 
 if TYPE_CHECKING:
@@ -33,9 +34,15 @@ log = logging.getLogger(__name__)
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
-# What --optimizer-placement auto picks on each device (the device string's type). CPU: the host, until measured
-# otherwise. CUDA: the device, by design (the image stays on the GPU); not measured, no GPU has been lent.
-AUTO_PLACEMENT: dict[str, Placement] = {"cpu": "host", "cuda": "device"}
+# What --optimizer-placement auto picks on each device (the device string's type), per optimiser. CPU: from
+# `python -m bench.placement` (BENCHMARKS.md, "Optimiser placement"; 2 cores, load 7-13): at 256 and 512 px
+# L-BFGS's step graphs plus the host's work took 23 and 57 ms per iteration against 156 and 237 ms for the numpy
+# step; Adam's 12 ms against 3 and 5 ms. CUDA: the device for both, by design (the image stays on the GPU); not
+# measured, no GPU has been lent.
+AUTO_PLACEMENT: dict[str, dict[str, Placement]] = {
+    "cpu": {"lbfgs": "device", "adam": "host"},
+    "cuda": {"lbfgs": "device", "adam": "device"},
+}
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -203,11 +210,18 @@ class LossGraphs:
         profile_dir: Path | None = None,
         tile_px: int = 0,
         placement: Placement = "auto",
+        cuda_graphs: bool = False,
     ) -> None:
         """Load the graphs; with ``profile_dir``, the loss graph's runs are profiled (see ``end_profiling``).
 
         ``placement`` says where the optimiser's step and state live (``optimiser``); "auto" resolves here, by
         the device the sessions run on (AUTO_PLACEMENT).
+
+        ``cuda_graphs`` captures what can be captured as CUDA graphs: the device-placed Adam step, whose buffers
+        keep their addresses for a scale (``device_optimise``). Not the loss graphs: their Size->Cast nodes need a
+        copy from the host (``cuda_ops``); not L-BFGS's steps: their bindings rotate with the history and they
+        hand scalars to the host each run. Ignored, with a log line, where the sessions did not get CUDA or the
+        step runs on the host.
 
         With ``tile_px``, images whose longer side exceeds it are evaluated exactly in tiles of that many px
         (plus halo; ``nst_server.tiles``); 0 evaluates every image whole. Raises ValueError when the model
@@ -229,9 +243,18 @@ class LossGraphs:
         self._circular: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
         self._circular_lock = threading.Lock()
         self.device = device_of(self._loss.get_providers(), device)
-        self.placement: Placement = AUTO_PLACEMENT[self.device.split(":")[0]] if placement == "auto" else placement
+        auto = AUTO_PLACEMENT[self.device.split(":")[0]]
+        self.placements: dict[str, Placement] = {
+            optimizer: auto[optimizer] if placement == "auto" else placement for optimizer in ("lbfgs", "adam")
+        }
         self._steps: StepGraphs | None = None
         self._steps_lock = threading.Lock()
+        self.cuda_graphs = cuda_graphs and self.device != "cpu" and self.placements["adam"] == "device"
+        if cuda_graphs and not self.cuda_graphs:
+            log.warning(
+                "--cuda-graphs ignored: %s",
+                "the sessions run on the CPU" if self.device == "cpu" else "the optimiser steps on the host",
+            )
         metadata = self._loss.get_modelmeta().custom_metadata_map
         if mf.METADATA_KEY not in metadata:
             raise ValueError(f"{model_dir / mf.LOSS_FILE}: no {mf.METADATA_KEY} metadata; not made by nst-export")
@@ -241,27 +264,44 @@ class LossGraphs:
         if tile_px:
             self.tiles = self._load_tiles(model_dir, threads, providers, tile_px)
         log.info(
-            "loaded model %s (%s weights, %s pooling) on %s, optimiser on the %s",
+            "loaded model %s (%s weights, %s pooling) on %s, optimiser steps on the %s (L-BFGS), %s (Adam)",
             self.name,
             self.manifest.weights,
             self.manifest.pooling,
             self.device,
-            self.placement,
+            self.placements["lbfgs"],
+            self.placements["adam"],
         )
 
-    def optimiser(self, evaluator: Evaluator) -> Optimiser:
-        """The optimisers bound to ``evaluator``, stepping where ``placement`` says.
-
-        Tiled evaluators keep the host placement: their image is cut into tiles in host memory anyway.
-        """
-        if self.placement == "host" or not isinstance(evaluator, SessionEvaluator):
-            return HostOptimiser(evaluator)
-        from .device_optimise import DeviceOptimiser, StepGraphs
+    def _step_graphs(self) -> StepGraphs:
+        from .device_optimise import StepGraphs
 
         with self._steps_lock:
             if self._steps is None:
-                self._steps = StepGraphs(lambda: _session_options(self._threads), self._providers)
-        return DeviceOptimiser(self._steps, evaluator)
+                options = functools.partial(_session_options, self._threads)
+                self._steps = StepGraphs(options, self._providers, self.cuda_graphs)
+            return self._steps
+
+    def prepare_steps(self) -> None:
+        """Build the step graphs' sessions the placements need (about 0.1 s each), so that no job waits for them."""
+        if "device" in self.placements.values():
+            self._step_graphs().prepare(Options().lbfgs_history)
+
+    def optimiser(self, evaluator: Evaluator) -> Optimiser:
+        """The optimisers bound to ``evaluator``, each stepping where ``placements`` says.
+
+        Tiled evaluators keep the host placement: their image is cut into tiles in host memory anyway.
+        """
+        if not isinstance(evaluator, SessionEvaluator) or set(self.placements.values()) == {"host"}:
+            return HostOptimiser(evaluator)
+        from .device_optimise import DeviceOptimiser
+
+        device = DeviceOptimiser(self._step_graphs(), evaluator)
+        if set(self.placements.values()) == {"device"}:
+            return device
+        host = HostOptimiser(evaluator)
+        by_placement: dict[str, Optimiser] = {"host": host, "device": device}
+        return SplitOptimiser(by_placement[self.placements["lbfgs"]], by_placement[self.placements["adam"]])
 
     def _load_tiles(self, model_dir: Path, threads: int, providers: list[str], tile_px: int) -> TileGraphs:
         from .tiles import TileGraphs  # tiles imports this module

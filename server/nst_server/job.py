@@ -162,7 +162,9 @@ class Timings:
     warmup_s: float = 0.0
     optimise_s: float = 0.0
     total_s: float = 0.0
-    evaluate_s: float = 0.0  # the part of optimise_s inside the model's runs
+    evaluate_s: float = 0.0  # the part of optimise_s inside the model's runs of the loss graph
+    step_s: float = 0.0  # the part inside the step graphs' runs (device placement)
+    host_s: float = 0.0  # the rest of optimise_s: the server's Python-side work
 
 
 class StopReason(enum.Enum):

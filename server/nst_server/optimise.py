@@ -399,3 +399,46 @@ class HostOptimiser:
         converged: Callable[[float], bool] = never,
     ) -> Outcome:
         return adam(self._evaluator, x0, budget, learning_rate, on_step, should_stop, converged=converged)
+
+
+class SplitOptimiser:
+    """L-BFGS from one ``Optimiser`` and Adam from another: ``--optimizer-placement auto`` where the faster
+    placement differs between them (``graphs.AUTO_PLACEMENT``). A job runs one of the two: the times add up."""
+
+    def __init__(self, for_lbfgs: Optimiser, for_adam: Optimiser) -> None:
+        self._lbfgs, self._adam = for_lbfgs, for_adam
+
+    @property
+    def evaluate_s(self) -> float:
+        return self._lbfgs.evaluate_s + self._adam.evaluate_s
+
+    @property
+    def step_s(self) -> float:
+        return self._lbfgs.step_s + self._adam.step_s
+
+    def lbfgs(
+        self,
+        x0: npt.NDArray[np.float32],
+        budget: int,
+        history: int,
+        on_step: Callable[[Step], None],
+        should_stop: Callable[[], bool],
+        *,
+        converged: Callable[[float], bool] = never,
+        inverse_hessian_scale: float | None = None,
+    ) -> Outcome:
+        return self._lbfgs.lbfgs(
+            x0, budget, history, on_step, should_stop, converged=converged, inverse_hessian_scale=inverse_hessian_scale
+        )
+
+    def adam(
+        self,
+        x0: npt.NDArray[np.float32],
+        budget: int,
+        learning_rate: float,
+        on_step: Callable[[Step], None],
+        should_stop: Callable[[], bool],
+        *,
+        converged: Callable[[float], bool] = never,
+    ) -> Outcome:
+        return self._adam.adam(x0, budget, learning_rate, on_step, should_stop, converged=converged)

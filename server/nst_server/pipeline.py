@@ -248,7 +248,7 @@ def stylize(
     canvas = initial_canvas(options.init, job)
     iterations = evaluations = 0
     full_size_evaluations = 0.0
-    preparing_s = optimising_s = evaluating_s = 0.0
+    preparing_s = optimising_s = evaluating_s = stepping_s = 0.0
     clock: float | None = None  # Progress.elapsed_s counts from the end of the first warm-up
     carried: float | None = None  # L-BFGS's H0 scale from the previous scale, rescaled to this one
     for number, (size, budget) in enumerate(((plan.size, plan.evaluations) for plan in plans), start=1):
@@ -263,6 +263,7 @@ def stylize(
         optimiser = graphs.optimiser(scale.evaluate)  # after the warm-up: its run is preparation, not optimisation
         outcome = _optimise(job, optimiser, canvas, budget, on_step, should_stop, carried)
         evaluating_s += optimiser.evaluate_s
+        stepping_s += optimiser.step_s
         canvas = outcome.x.reshape(canvas.shape).astype(np.float32)
         iterations, evaluations = iterations + outcome.iterations, evaluations + outcome.evaluations
         full_size_evaluations += outcome.evaluations * full_size_fraction(size, job.size)
@@ -271,7 +272,10 @@ def stylize(
         optimising_s += time.perf_counter() - optimising
     image = images.encode(_presentable(job, scale.image(canvas), scale.content), options.output_format)
     finished = time.perf_counter()
-    timings = Timings(queued_s, preparing_s, optimising_s, finished - began + queued_s, evaluating_s)
+    host_s = max(0.0, optimising_s - evaluating_s - stepping_s)
+    timings = Timings(
+        queued_s, preparing_s, optimising_s, finished - began + queued_s, evaluating_s, stepping_s, host_s
+    )
     result = Result(
         image, options.output_format, *job.size, outcome.losses, iterations, evaluations, timings,
         StopReason(outcome.reason.value), full_size_evaluations,

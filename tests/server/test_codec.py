@@ -201,8 +201,10 @@ def test_events_become_their_stream_messages() -> None:
     assert codec.to_response(Queued("j", 2)).queued.position == 2
     progress = codec.to_response(Progress(3, 4, losses, 0.5)).progress
     assert (progress.iteration, progress.evaluations, progress.losses.style, progress.elapsed_s) == (3, 4, 2.0, 0.5)
-    result = codec.to_response(Result(b"png", ImageFormat.JPEG, 8, 6, losses, 2, 3, Timings(evaluate_s=0.25))).result
+    timings = Timings(evaluate_s=0.25, step_s=0.125, host_s=0.0625)
+    result = codec.to_response(Result(b"png", ImageFormat.JPEG, 8, 6, losses, 2, 3, timings)).result
     assert (result.format, result.width, result.timings.evaluate_s) == (pb.IMAGE_FORMAT_JPEG, 8, 0.25)
+    assert (result.timings.step_s, result.timings.host_s) == (0.125, 0.0625)
     with pytest.raises(TypeError):
         codec.to_response("not an event")  # type: ignore[arg-type]
 

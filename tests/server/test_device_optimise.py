@@ -10,6 +10,7 @@ envelope (the same start moved by one ulp), with the same evaluations and stop r
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import pytest
 from nst_server import optimise, pipeline, step_graphs
+from nst_server.__main__ import main
 from nst_server.device_optimise import DeviceOptimiser
 from nst_server.errors import Cancelled
 from nst_server.graphs import AUTO_PLACEMENT, LossGraphs, SessionEvaluator
@@ -268,11 +270,29 @@ def test_a_coarse_to_fine_job_is_the_same_on_either_placement(
     assert previews[0] == previews[1] != []
     if optimizer is Optimizer.ADAM:  # the step is the host's to the bit: so is the encoded result
         assert device.image == host.image
+    assert host.timings.step_s == 0.0
+    assert device.timings.step_s > 0.0
+    for timings in (host.timings, device.timings):
+        parts = timings.evaluate_s + timings.step_s + timings.host_s
+        assert parts == pytest.approx(timings.optimise_s)
 
 
 def test_placement_flag_and_auto(model_dir: Path) -> None:
     assert config_from_flags([model_dir]).optimizer_placement == "auto"
     assert config_from_flags([model_dir], "--optimizer-placement", "device").optimizer_placement == "device"
-    assert load_model(model_dir, "cpu", placement="auto").placement == AUTO_PLACEMENT["cpu"]
+    assert load_model(model_dir, "cpu", placement="auto").placements == AUTO_PLACEMENT["cpu"]
+    assert load_model(model_dir, "cpu", placement="host").placements == {"lbfgs": "host", "adam": "host"}
     with pytest.raises(SystemExit):
         config_from_flags([model_dir], "--optimizer-placement", "gpu")
+
+
+def test_cuda_graphs_are_refused_on_cpu_and_ignored_without_cuda(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CUDA graphs cannot be tested here beyond this: --device cpu refuses them (exit 2), and a model whose
+    sessions did not get CUDA ignores them with a log line."""
+    assert main(["--model", str(model_dir), "--device", "cpu", "--cuda-graphs"]) == 2
+    with caplog.at_level(logging.WARNING, logger="nst_server.graphs"):
+        graphs = LossGraphs(model_dir, "auto", placement="device", cuda_graphs=True)
+    assert not graphs.cuda_graphs
+    assert "--cuda-graphs ignored: the sessions run on the CPU" in caplog.text

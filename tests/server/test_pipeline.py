@@ -185,6 +185,9 @@ def test_timings_add_up() -> None:
     assert timings.total_s >= timings.queued_s + timings.warmup_s + timings.optimise_s
     # evaluate_s counts the optimiser's evaluations, not the warm-up's (the stand-in adds 1 ms a call).
     assert timings.evaluate_s == pytest.approx(0.001 * (len(model.evaluators[0].calls) - 1))
+    assert timings.step_s == 0.0  # the host placement: the step is host work
+    # The rest, never negative (the stand-in's evaluations count 1 ms however long they took).
+    assert timings.host_s == pytest.approx(max(0.0, timings.optimise_s - timings.evaluate_s))
 
 
 def test_init_sets_the_first_canvas() -> None:

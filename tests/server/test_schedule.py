@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from nst_server import images, optimise, pipeline
+from nst_server.device_optimise import DeviceOptimiser
 from nst_server.graphs import LossGraphs
 from nst_server.job import Job, Options, Result, ScaleStarted, StopReason, Style
 from nst_server.pipeline import ScalePlan, auto_scale_count, full_size_fraction, schedule
@@ -152,16 +153,20 @@ def test_server_schedule_runs_its_plan_and_counts_both_ways(
 
 
 def test_state_is_carried_across_scales(graphs: LossGraphs, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The next scale's L-BFGS starts from the last one's H0 scale, times the pixel-count ratio."""
+    """The next scale's L-BFGS starts from the last one's H0 scale, times the pixel-count ratio (on whichever
+    placement the server's auto picks for L-BFGS)."""
     calls: list[tuple[float | None, float | None]] = []
-    real = optimise.lbfgs
 
-    def recording(*args: Any, **kwargs: Any) -> optimise.Outcome:
-        outcome = real(*args, **kwargs)
-        calls.append((kwargs["inverse_hessian_scale"], outcome.inverse_hessian_scale))
-        return outcome
+    def recording(real: Any) -> Any:
+        def run(self: object, *args: Any, **kwargs: Any) -> optimise.Outcome:
+            outcome: optimise.Outcome = real(self, *args, **kwargs)
+            calls.append((kwargs["inverse_hessian_scale"], outcome.inverse_hessian_scale))
+            return outcome
 
-    monkeypatch.setattr(optimise, "lbfgs", recording)
+        return run
+
+    for placement in (optimise.HostOptimiser, DeviceOptimiser):
+        monkeypatch.setattr(placement, "lbfgs", recording(placement.lbfgs))
     _run(graphs, _job(max_evaluations=5, scales=2, coarse_evaluations=5))
     (first_in, first_out), (second_in, _) = calls
     assert first_in is None

@@ -231,18 +231,22 @@ class Preview(_message.Message):
     def __init__(self, iteration: _Optional[int] = ..., image: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queued_s", "warmup_s", "optimise_s", "total_s", "evaluate_s")
+    __slots__ = ("queued_s", "warmup_s", "optimise_s", "total_s", "evaluate_s", "step_s", "host_s")
     QUEUED_S_FIELD_NUMBER: _ClassVar[int]
     WARMUP_S_FIELD_NUMBER: _ClassVar[int]
     OPTIMISE_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_S_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_S_FIELD_NUMBER: _ClassVar[int]
+    STEP_S_FIELD_NUMBER: _ClassVar[int]
+    HOST_S_FIELD_NUMBER: _ClassVar[int]
     queued_s: float
     warmup_s: float
     optimise_s: float
     total_s: float
     evaluate_s: float
-    def __init__(self, queued_s: _Optional[float] = ..., warmup_s: _Optional[float] = ..., optimise_s: _Optional[float] = ..., total_s: _Optional[float] = ..., evaluate_s: _Optional[float] = ...) -> None: ...
+    step_s: float
+    host_s: float
+    def __init__(self, queued_s: _Optional[float] = ..., warmup_s: _Optional[float] = ..., optimise_s: _Optional[float] = ..., total_s: _Optional[float] = ..., evaluate_s: _Optional[float] = ..., step_s: _Optional[float] = ..., host_s: _Optional[float] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("image", "format", "width", "height", "losses", "iterations", "evaluations", "timings", "stop_reason", "full_size_evaluations")

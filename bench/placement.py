@@ -1,0 +1,198 @@
+"""Host against device placement of the optimiser: per iteration, the loss graph, the step and the host's own work.
+
+    python -m bench.placement [--model DIR] [--device cpu] [--sides 256,512] [--iterations 10] [--repeats 3]
+                              [--optimizers lbfgs,adam] [--json PATH]
+
+Runs the server's own optimisers in-process (``optimise.HostOptimiser`` and ``device_optimise.DeviceOptimiser``)
+on one evaluator per size, a 4:3 random picture styled by another, and prints one JSON line per size, optimiser
+and placement, medians over ``--repeats`` runs taken in turn (host, device, host, ...) so that a change in load
+hits both alike:
+
+- ``loss_ms``: one run of the loss graph (per evaluation; on the host placement it includes copying the image in);
+- ``step_ms``: the step graphs' runs per iteration (device placement; 0 on the host, where the step is host work);
+- ``host_ms``: everything else per iteration, in Python: the numpy step on the host placement, bindings and scalar
+  reads on the device placement (what ``Timings.host_s`` measures in the server);
+- ``iteration_ms``: the whole, per iteration;
+- ``host_cpu_ms``: the CPU time of the job's thread per iteration outside the runs: what ``host_ms`` would be on
+  an idle machine, where no other process takes the core away mid-iteration (``time.thread_time``; BLAS threads
+  of the host step are not in it, so on the host placement it can read low).
+
+Without ``--model`` it exports random weights first (nst-export, a temporary directory). The last line names the
+faster placement per optimiser and size, which is what ``graphs.AUTO_PLACEMENT`` should say for this device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from nst_server import optimise
+from nst_server.device_optimise import DeviceOptimiser
+from nst_server.graphs import LossGraphs, SessionEvaluator
+from nst_server.job import Losses
+from nst_server.model import Evaluation
+
+HISTORY = 10
+LEARNING_RATE = 0.02
+
+
+def export_random(directory: Path) -> Path:
+    out = directory / "random-max"
+    subprocess.run(
+        ["nst-export", "--weights", "random", "--seed", "0", "--out", str(out)], check=True, stderr=subprocess.DEVNULL
+    )
+    return out
+
+
+def _image(side: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((1, 3, side * 3 // 4, side), dtype=np.float32)
+
+
+def _evaluator(graphs: LossGraphs, side: int) -> SessionEvaluator:
+    content, style = graphs.targets(_image(side, 1)), graphs.targets(_image(side, 2))
+    feeds = {name: style[name] if name.startswith("gram") else array for name, array in content.items()}
+    evaluator = graphs.evaluator((side * 3 // 4, side), feeds, graphs.manifest.default_loss_weights)
+    assert isinstance(evaluator, SessionEvaluator)
+    return evaluator
+
+
+def _never() -> bool:
+    return False
+
+
+class _CountedEvaluator:
+    """``evaluator`` with the thread CPU time spent in its calls counted (``run_cpu_s``)."""
+
+    def __init__(self, evaluator: SessionEvaluator) -> None:
+        self._evaluator = evaluator
+        self.run_cpu_s = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self._evaluator.shape
+
+    @property
+    def seconds(self) -> float:
+        return self._evaluator.seconds
+
+    def __call__(self, image: npt.NDArray[np.floating]) -> Evaluation:
+        start = time.thread_time()
+        result = self._evaluator(image)
+        self.run_cpu_s += time.thread_time() - start
+        return result
+
+
+class _CountedDevice(DeviceOptimiser):
+    """The device placement with the thread CPU time spent in its runs counted (``run_cpu_s``)."""
+
+    run_cpu_s = 0.0
+
+    def _run_step(
+        self, session: ort.InferenceSession, binding: ort.IOBinding, options: ort.RunOptions | None = None
+    ) -> None:
+        start = time.thread_time()
+        super()._run_step(session, binding, options)
+        self.run_cpu_s += time.thread_time() - start
+
+    def _evaluate(self, image: ort.OrtValue, grad: ort.OrtValue) -> Losses:
+        start = time.thread_time()
+        losses = super()._evaluate(image, grad)
+        self.run_cpu_s += time.thread_time() - start
+        return losses
+
+
+def _one_run(graphs: LossGraphs, evaluator: SessionEvaluator, placement: str, method: str, start: np.ndarray,
+             iterations: int) -> dict[str, float]:  # fmt: skip
+    """Time one run of ``iterations`` iterations (L-BFGS: one evaluation more, at the start)."""
+    counted = _CountedEvaluator(evaluator)
+    optimiser: optimise.HostOptimiser | _CountedDevice = (
+        optimise.HostOptimiser(counted) if placement == "host" else _CountedDevice(graphs._step_graphs(), evaluator)
+    )
+    begin, begin_cpu = time.perf_counter(), time.thread_time()
+    if method == "lbfgs":
+        outcome = optimiser.lbfgs(start, iterations + 1, HISTORY, lambda _: None, _never)
+    else:
+        outcome = optimiser.adam(start, iterations, LEARNING_RATE, lambda _: None, _never)
+    wall, cpu = time.perf_counter() - begin, time.thread_time() - begin_cpu
+    steps = max(outcome.iterations, 1)
+    host = wall - optimiser.evaluate_s - optimiser.step_s
+    run_cpu = counted.run_cpu_s if isinstance(optimiser, optimise.HostOptimiser) else optimiser.run_cpu_s
+    return {
+        "host_cpu_ms": 1e3 * (cpu - run_cpu) / steps,
+        "loss_ms": 1e3 * optimiser.evaluate_s / outcome.evaluations,
+        "step_ms": 1e3 * optimiser.step_s / steps,
+        "host_ms": 1e3 * host / steps,
+        "iteration_ms": 1e3 * wall / steps,
+        "loss": outcome.losses.total,
+    }
+
+
+def measure(graphs: LossGraphs, side: int, methods: list[str], iterations: int, repeats: int) -> list[dict[str, Any]]:
+    """One row per optimiser and placement at ``side`` px (4:3)."""
+    evaluator = _evaluator(graphs, side)
+    graphs.warm_up(evaluator, _image(side, 3))
+    start = _image(side, 3)
+    rows = []
+    for method in methods:
+        runs: dict[str, list[dict[str, float]]] = {"host": [], "device": []}
+        for repeat in range(repeats + 1):  # the first round warms the step graphs' sessions up, and is dropped
+            for placement in runs:
+                result = _one_run(graphs, evaluator, placement, method, start, iterations)
+                if repeat:
+                    runs[placement].append(result)
+        for placement, results in runs.items():
+            row = {key: median(r[key] for r in results) for key in results[0]}
+            rows.append({"side": side, "optimizer": method, "placement": placement, **row})
+    return rows
+
+
+def _cost(row: dict[str, Any]) -> float:
+    """What the placement changes, per iteration. On the CPU both placements run the same loss graph on the same
+    memory, so their loss_ms differ only by noise (under load, more than the step itself): compare the step and
+    the host's work. On CUDA the host placement's copies are inside loss_ms: compare whole iterations."""
+    return float(row["iteration_ms"] if row["device"].startswith("cuda") else row["step_ms"] + row["host_ms"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.placement", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="an exported model directory (default: export random weights)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--sides", default="256,512")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--optimizers", default="lbfgs,adam")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write every row here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        model = args.model or export_random(Path(scratch))
+        graphs = LossGraphs(model, args.device, args.threads, placement="device")
+        rows = []
+        for side in (int(s) for s in args.sides.split(",")):
+            for row in measure(graphs, side, args.optimizers.split(","), args.iterations, args.repeats):
+                row |= {"device": graphs.device, "load": os.getloadavg()[0]}
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+                rows.append(row)
+    faster = {
+        f"{row['optimizer']}@{row['side']}": row["placement"]
+        for row in sorted(rows, key=lambda r: -_cost(r))  # the faster one of each pair comes last
+    }
+    print(json.dumps({"faster": faster}))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "faster": faster}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
