@@ -241,7 +241,7 @@ class _PlainGraphs:
 def test_no_masks_give_the_plain_graphs_result(model_dir: Path, tmp_path: Path) -> None:
     """A job without masks (two styles blended 3:1, luminance transfer, two scales, L-BFGS) gives the same result
     bytes on the server's guided graphs as on the plain graphs that came before spatial control."""
-    graphs = LossGraphs(model_dir, device="cpu")
+    graphs = LossGraphs(model_dir, device="cpu", placement="host")  # bytes compared: one placement for both runs
     styles = [pb.StyleImage(image=encoded(RED), blend_weight=3.0), pb.StyleImage(image=encoded(BLUE))]
     options = pb.StylizeOptions(max_side_px=WIDTH, max_evaluations=6, scales=2, coarse_evaluations=4,
                                 colour_preservation=pb.COLOUR_PRESERVATION_LUMINANCE)  # fmt: skip
