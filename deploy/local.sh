@@ -46,7 +46,7 @@ if [[ ! -d "$model_dir" ]]; then
     echo "== exporting $weights weights to $model_dir"
     if ! nst-export --weights "$weights" --out "$model_dir"; then
         echo "deploy/local.sh: the export failed (above). Offline, pass a local torchvision-layout VGG19 state dict" \
-             "(--weights /path/to/vgg19.pth) or --weights random (runs end to end, but the picture is not art)." >&2
+             "(--weights /path/to/vgg19.pth), --weights ranvgg (random weights that still make recognisable pictures) or --weights random (runs end to end, but the picture is not art)." >&2
         exit 1
     fi
 fi
