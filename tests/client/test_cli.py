@@ -139,9 +139,13 @@ def test_bad_flag_is_a_usage_error(inputs: Inputs, tmp_path: Path) -> None:
     assert "invalid choice: 'sgd'" in done.stderr
 
 
-def _sigint_as_on_a_terminal() -> None:
-    # A shell starts background jobs with SIGINT ignored and children inherit that; a terminal's Ctrl-C does not.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A shell starts background jobs with SIGINT ignored, children inherit that, and Python then leaves it ignored; a
+# terminal's Ctrl-C does not. This launcher restores Python's handler in the CLI's own process. (A preexec_fn would
+# run Python in a fork of this gRPC process, whose event engine can then write its own errors to the CLI's stderr.)
+_AS_ON_A_TERMINAL = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from nst_client.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 @pytest.mark.slow  # seconds: a job run until interrupted, or gRPC's retry backoff
@@ -149,11 +153,11 @@ def test_interrupt_cancels_the_job(server: InProcessServer, inputs: Inputs, tmp_
     """SIGINT exits 130, the server cancels the job, and its only slot then serves the next job."""
     before = server.outcomes()
     out = tmp_path / "long.png"
-    command = [sys.executable, "-m", "nst_client.cli", "stylize", str(inputs.content), str(inputs.style), "-o",
+    command = [sys.executable, "-c", _AS_ON_A_TERMINAL, "stylize", str(inputs.content), str(inputs.style), "-o",
                str(out), "--server", server.address, "--size", "128", "--optimizer", "adam", "--iterations", "5000",
                "--progress", "json"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
-                               preexec_fn=_sigint_as_on_a_terminal)  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=cli_env())  # fmt: skip
     watchdog = threading.Timer(120, process.kill)  # bounds the blocking readline below
     watchdog.start()
     try:
