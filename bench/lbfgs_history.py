@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = graphs.evaluator(content.shape[2:], targets, graphs.manifest.default_loss_weights)
     results = {}
     for history in (int(h) for h in args.histories.split(",")):
-        outcome = optimise.lbfgs(evaluate, content, args.evaluations, history, lambda _: None, lambda: False)
+        outcome = optimise.lbfgs(evaluate, optimise.Run(content, args.evaluations), history)
         results[history] = outcome.losses.total
     reference = results[max(results)]
     for history, loss in results.items():

@@ -67,10 +67,6 @@ def _evaluator(graphs: LossGraphs, side: int) -> SessionEvaluator:
     return evaluator
 
 
-def _never() -> bool:
-    return False
-
-
 class _CountedEvaluator:
     """``evaluator`` with the thread CPU time spent in its calls counted (``run_cpu_s``)."""
 
@@ -121,9 +117,9 @@ def _one_run(graphs: LossGraphs, evaluator: SessionEvaluator, placement: str, me
     )
     begin, begin_cpu = time.perf_counter(), time.thread_time()
     if method == "lbfgs":
-        outcome = optimiser.lbfgs(start, iterations + 1, HISTORY, lambda _: None, _never)
+        outcome = optimiser.lbfgs(optimise.Run(start, iterations + 1), HISTORY)
     else:
-        outcome = optimiser.adam(start, iterations, LEARNING_RATE, lambda _: None, _never)
+        outcome = optimiser.adam(optimise.Run(start, iterations), LEARNING_RATE)
     wall, cpu = time.perf_counter() - begin, time.thread_time() - begin_cpu
     steps = max(outcome.iterations, 1)
     host = wall - optimiser.evaluate_s - optimiser.step_s

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS), help="which peers (default both)")
     parser.add_argument(
         "--merge", type=Path, nargs="+", default=[],
-        help="with --report-only: more quality.json files whose runs join those of the same size",
+        help="with --report-only: more quality.json files whose runs join those of the same size (or add a size)",
     )  # fmt: skip
     parser.add_argument("--model", type=Path, help="an exported model (default: nst-export --weights random --seed 0)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -290,8 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads((args.out / "quality.json").read_text())
         for other in args.merge:  # runs made at the same time by another invocation (e.g. one peer each)
             for entry in json.loads(other.read_text())["sizes"]:
-                same = next(e for e in results["sizes"] if e["side"] == entry["side"])
-                same["runs"] |= entry["runs"]
+                same = next((e for e in results["sizes"] if e["side"] == entry["side"]), None)
+                if same is None:  # a size only the other invocation measured
+                    results["sizes"] = sorted([*results["sizes"], entry], key=lambda e: int(e["side"]))
+                else:
+                    same["runs"] |= entry["runs"]
         render(results, args.out, args.doc)
         return 0
     specs = args.schedule or ["default:max_evaluations={budget}", "single-scale:scales=1,max_evaluations={budget}"]

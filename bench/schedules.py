@@ -45,6 +45,7 @@ def target(graphs: Any, job: Any, evaluations: int, cache: Path) -> dict[str, An
     known = json.loads(cache.read_text()) if cache.exists() else {}
     if key in known:
         return known[key]  # type: ignore[no-any-return]
+    from nst_server import optimise
     from nst_server.targets import job_targets
 
     start = time.perf_counter()
@@ -52,7 +53,7 @@ def target(graphs: Any, job: Any, evaluations: int, cache: Path) -> dict[str, An
         job.content.shape[2:], job_targets(graphs, job.content, [job.styles[0].image], None),
         graphs.manifest.default_loss_weights,
     )  # fmt: skip
-    outcome = service.scipy_lbfgsb(evaluate, job.content.copy(), evaluations, 10, lambda _: None, lambda: False)
+    outcome = service.scipy_lbfgsb(evaluate, optimise.Run(job.content.copy(), evaluations), 10)
     known[key] = {"loss": outcome.losses.total, "seconds": time.perf_counter() - start, "loadavg": loadavg()}
     cache.write_text(json.dumps(known, indent=1))
     return known[key]  # type: ignore[no-any-return]

@@ -46,15 +46,10 @@ def _array(path: Path, longest_side: int) -> npt.NDArray[np.float32]:
     return (np.asarray(image, np.float32) / 255).transpose(2, 0, 1)[None].copy()
 
 
-def scipy_lbfgsb(
-    objective: optimise.Objective,
-    x0: npt.NDArray[np.float32],
-    budget: int,
-    history: int,
-    on_step: Callable[[optimise.Step], None],
-    should_stop: Callable[[], bool],
-) -> optimise.Outcome:
-    """The server's optimiser before this benchmark: scipy's L-BFGS-B with the [0, 1] box as bounds."""
+def scipy_lbfgsb(objective: optimise.Objective, run: optimise.Run, history: int) -> optimise.Outcome:
+    """The server's optimiser before this benchmark: scipy's L-BFGS-B with the [0, 1] box as bounds (the run's
+    budget counts; its callbacks are not called)."""
+    budget, x0 = run.budget, run.x0
     last: list[Evaluation] = []
 
     def loss_and_grad(x: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
@@ -93,10 +88,10 @@ def in_process(
     bare_s = (time.perf_counter() - start) / budget
 
     runs: dict[str, Any] = {}
-    optimisers: dict[str, Callable[..., optimise.Outcome]] = {
-        "lbfgs": lambda *a: optimise.lbfgs(*a[:3], 10, *a[3:]),
-        "scipy-lbfgsb": lambda *a: scipy_lbfgsb(*a[:3], 10, *a[3:]),
-        "adam": lambda *a: optimise.adam(*a[:3], 0.02, *a[3:]),
+    optimisers: dict[str, Callable[[optimise.Objective, optimise.Run], optimise.Outcome]] = {
+        "lbfgs": lambda objective, run: optimise.lbfgs(objective, run, 10),
+        "scipy-lbfgsb": lambda objective, run: scipy_lbfgsb(objective, run, 10),
+        "adam": lambda objective, run: optimise.adam(objective, run, 0.02),
     }
     for name, run in optimisers.items():
         in_graph = [0.0]
@@ -108,7 +103,7 @@ def in_process(
             return result
 
         start = time.perf_counter()
-        outcome = run(timed, photo.copy(), budget, lambda _: None, lambda: False)
+        outcome = run(timed, optimise.Run(photo.copy(), budget))
         total = time.perf_counter() - start
         host = total - in_graph[0]
         runs[name] = {

@@ -35,10 +35,10 @@ from .optimise import (
     MAX_BACKTRACKS,
     NOT_EVALUATED,
     Outcome,
+    Run,
     Step,
     StopReason,
     adam_schedule,
-    never,
 )
 
 if TYPE_CHECKING:
@@ -159,16 +159,7 @@ class DeviceOptimiser:
 
     # -- Adam
 
-    def adam(
-        self,
-        x0: npt.NDArray[np.float32],
-        budget: int,
-        learning_rate: float,
-        on_step: Callable[[Step], None],
-        should_stop: Callable[[], bool],
-        *,
-        converged: Callable[[float], bool] = never,
-    ) -> Outcome:
+    def adam(self, run: Run, learning_rate: float) -> Outcome:
         """``optimise.adam``: x, moments and counter double-buffered (A -> B, B -> A), two bindings made once.
 
         With CUDA graphs, each binding is one captured graph (gpu_graph_id 0 and 1) of a session of this scale's.
@@ -176,7 +167,8 @@ class DeviceOptimiser:
         captured = self._steps.cuda_graphs
         session = self._steps.captured_adam() if captured else self._steps.adam
         zeros = np.zeros(self._shape, np.float32)
-        x = [self._upload(x0), self._image()]
+        budget = run.budget
+        x = [self._upload(run.x0), self._image()]
         first, second = [self._upload(zeros), self._image()], [self._upload(zeros), self._image()]
         counter = [ort.OrtValue.ortvalue_from_numpy(np.zeros(1, np.int64), *self._device) for _ in range(2)]
         grad = self._image()
@@ -199,11 +191,11 @@ class DeviceOptimiser:
                 options.add_run_config_entry("gpu_graph_id", str(graph_id))
         now, losses = 0, NOT_EVALUATED
         for step in range(1, budget + 1):
-            if should_stop():
+            if run.should_stop():
                 raise Cancelled("job cancelled")
             losses = self._evaluate(x[now], grad)
-            on_step(Step(step, step, losses, self._download(x[now])))
-            if converged(losses.total):
+            run.on_step(Step(step, step, losses, self._download(x[now])))
+            if run.converged(losses.total):
                 return Outcome(self._download(x[now])(), losses, step, step, StopReason.CONVERGED)
             if step == budget:
                 break
@@ -213,33 +205,24 @@ class DeviceOptimiser:
 
     # -- L-BFGS
 
-    def lbfgs(
-        self,
-        x0: npt.NDArray[np.float32],
-        budget: int,
-        history: int,
-        on_step: Callable[[Step], None],
-        should_stop: Callable[[], bool],
-        *,
-        converged: Callable[[float], bool] = never,
-        inverse_hessian_scale: float | None = None,
-    ) -> Outcome:
+    def lbfgs(self, run: Run, history: int, inverse_hessian_scale: float | None = None) -> Outcome:
         """``optimise.lbfgs``, the same decisions taken from the step graphs' scalars.
 
         The history has one spare (s, y) row, so that a new pair is never written over a pair the direction
         graph reads in the same run; the oldest pair is dropped where the host overwrites it.
         """
         state = _LbfgsState(self, history)
+        budget, converged = run.budget, run.converged
         evaluations = iterations = 0
 
         def evaluate(point: ort.OrtValue) -> Losses:
             nonlocal evaluations
-            if should_stop():
+            if run.should_stop():
                 raise Cancelled("job cancelled")
             evaluations += 1
             return self._evaluate(point, state.grad_next)
 
-        x, trial = self._upload(x0), self._image()
+        x, trial = self._upload(run.x0), self._image()
         losses = evaluate(x)
         state.grad, state.grad_next = state.grad_next, state.grad
         converged(losses.total)  # the starting loss: the first of the window (never enough alone to stop)
@@ -273,7 +256,7 @@ class DeviceOptimiser:
             state.grad, state.grad_next = state.grad_next, state.grad
             losses = candidate
             iterations += 1
-            on_step(Step(iterations, evaluations, losses, self._download(x)))
+            run.on_step(Step(iterations, evaluations, losses, self._download(x)))
             if converged(losses.total):
                 return stop(StopReason.CONVERGED)
         return stop(StopReason.BUDGET)

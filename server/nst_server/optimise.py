@@ -1,9 +1,9 @@
 """The optimisers that move the pixels: L-BFGS and Adam, both kept inside the [0, 1] box.
 
-One evaluation of loss and gradient is the unit of cost; ``budget`` counts them. Both call ``on_step``
-once per iteration with the losses at the iterate and check ``should_stop`` before every evaluation, so
-a cancelled job stops within one evaluation. Both stop early when ``converged`` (a ``Plateau``) says the
-loss has stopped falling, and say in ``Outcome.reason`` why they stopped.
+One evaluation of loss and gradient is the unit of cost; a ``Run``'s ``budget`` counts them. Both call the run's
+``on_step`` once per iteration with the losses at the iterate and check its ``should_stop`` before every
+evaluation, so a cancelled job stops within one evaluation. Both stop early when its ``converged`` (a ``Plateau``)
+says the loss has stopped falling, and say in ``Outcome.reason`` why they stopped.
 """
 
 from __future__ import annotations
@@ -89,6 +89,30 @@ class Plateau:
 def never(_: float) -> bool:
     """The default ``converged``: run to the budget."""
     return False
+
+
+def _unwatched(_: Step) -> None:
+    """The default ``on_step``: nobody is told."""
+
+
+def _uncancelled() -> bool:
+    """The default ``should_stop``: nothing cancels the run."""
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One optimisation run, whichever the optimiser and wherever its step runs: one scale of a job.
+
+    It starts at ``x0``, spends at most ``budget`` evaluations, tells ``on_step`` of each iteration, raises
+    ``Cancelled`` once ``should_stop()`` (checked before every evaluation), and ends early once ``converged(loss)``.
+    """
+
+    x0: npt.NDArray[np.float32]
+    budget: int
+    on_step: Callable[[Step], None] = _unwatched
+    should_stop: Callable[[], bool] = _uncancelled
+    converged: Callable[[float], bool] = never
 
 
 NOT_EVALUATED = Losses(np.nan, np.nan, np.nan, np.nan)
@@ -186,19 +210,9 @@ def projected_direction(
         direction *= np.float32(-1.0)
 
 
-def lbfgs(
-    objective: Objective,
-    x0: npt.NDArray[np.float32],
-    budget: int,
-    history: int,
-    on_step: Callable[[Step], None],
-    should_stop: Callable[[], bool],
-    *,
-    converged: Callable[[float], bool] = never,
-    inverse_hessian_scale: float | None = None,
-) -> Outcome:
-    """Projected L-BFGS in the [0, 1] box; stops at ``budget`` evaluations, when ``converged(loss)`` says so
-    after an iteration, or when it cannot improve.
+def lbfgs(objective: Objective, run: Run, history: int, inverse_hessian_scale: float | None = None) -> Outcome:
+    """Projected L-BFGS in the [0, 1] box, keeping ``history`` pairs; stops at the run's budget, when its
+    ``converged(loss)`` says so after an iteration, or when it cannot improve.
 
     ``inverse_hessian_scale``, when given, scales the first direction (H0 = scale * I) as the newest pair
     would: a restarted but well-scaled L-BFGS, e.g. from the previous scale of a coarse-to-fine run.
@@ -209,7 +223,8 @@ def lbfgs(
     and in place: scipy's L-BFGS-B did the same job with several times the host time per iteration (see
     BENCHMARKS.md), which on a fast device would have been most of the job.
     """
-    x = x0.ravel().astype(np.float32)
+    budget, converged = run.budget, run.converged
+    x = run.x0.ravel().astype(np.float32)
     n = x.size
     pairs = _Pairs(history, n)
     grad, direction, trial = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
@@ -217,7 +232,7 @@ def lbfgs(
 
     def evaluate(point: npt.NDArray[np.float32]) -> Evaluation:
         nonlocal evaluations
-        if should_stop():
+        if run.should_stop():
             raise Cancelled("job cancelled")
         evaluations += 1
         return objective(point)
@@ -257,7 +272,7 @@ def lbfgs(
         np.copyto(grad, candidate.grad.ravel())
         loss, losses = candidate.loss, _losses(candidate)
         iterations += 1
-        on_step(Step(iterations, evaluations, losses, _held(x)))
+        run.on_step(Step(iterations, evaluations, losses, _held(x)))
         if converged(loss):
             return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.scale)
     return Outcome(x, losses, iterations, evaluations, StopReason.BUDGET, pairs.scale)
@@ -270,32 +285,24 @@ def adam_schedule(learning_rate: float, beta1: float, beta2: float, step: int) -
 
 
 def adam(
-    objective: Objective,
-    x0: npt.NDArray[np.float32],
-    budget: int,
-    learning_rate: float,
-    on_step: Callable[[Step], None],
-    should_stop: Callable[[], bool],
-    beta1: float = 0.9,
-    beta2: float = 0.999,
+    objective: Objective, run: Run, learning_rate: float, beta1: float = 0.9, beta2: float = 0.999,
     epsilon: float = 1e-8,
-    *,
-    converged: Callable[[float], bool] = never,
-) -> Outcome:
-    """Adam projected onto [0, 1]. The last evaluation is at the returned image; ``converged(loss)`` after an
-    evaluation ends the run there."""
-    x = x0.ravel().copy()
+) -> Outcome:  # fmt: skip
+    """Adam projected onto [0, 1]. The last evaluation is at the returned image; the run's ``converged(loss)``
+    after an evaluation ends the run there."""
+    budget = run.budget
+    x = run.x0.ravel().copy()
     first = np.zeros_like(x)
     second = np.zeros_like(x)
     scratch = np.empty_like(x)
     losses = NOT_EVALUATED
     for step in range(1, budget + 1):
-        if should_stop():
+        if run.should_stop():
             raise Cancelled("job cancelled")
         evaluation = objective(x)
         losses = _losses(evaluation)
-        on_step(Step(step, step, losses, _held(x)))
-        if converged(losses.total):
+        run.on_step(Step(step, step, losses, _held(x)))
+        if run.converged(losses.total):
             return Outcome(x, losses, step, step, StopReason.CONVERGED)
         if step == budget:
             break
@@ -333,28 +340,9 @@ class Optimiser(Protocol):
     @property
     def step_s(self) -> float: ...
 
-    def lbfgs(
-        self,
-        x0: npt.NDArray[np.float32],
-        budget: int,
-        history: int,
-        on_step: Callable[[Step], None],
-        should_stop: Callable[[], bool],
-        *,
-        converged: Callable[[float], bool] = never,
-        inverse_hessian_scale: float | None = None,
-    ) -> Outcome: ...
+    def lbfgs(self, run: Run, history: int, inverse_hessian_scale: float | None = None) -> Outcome: ...
 
-    def adam(
-        self,
-        x0: npt.NDArray[np.float32],
-        budget: int,
-        learning_rate: float,
-        on_step: Callable[[Step], None],
-        should_stop: Callable[[], bool],
-        *,
-        converged: Callable[[float], bool] = never,
-    ) -> Outcome: ...
+    def adam(self, run: Run, learning_rate: float) -> Outcome: ...
 
 
 class HostOptimiser:
@@ -372,33 +360,11 @@ class HostOptimiser:
     def step_s(self) -> float:
         return 0.0
 
-    def lbfgs(
-        self,
-        x0: npt.NDArray[np.float32],
-        budget: int,
-        history: int,
-        on_step: Callable[[Step], None],
-        should_stop: Callable[[], bool],
-        *,
-        converged: Callable[[float], bool] = never,
-        inverse_hessian_scale: float | None = None,
-    ) -> Outcome:
-        return lbfgs(
-            self._evaluator, x0, budget, history, on_step, should_stop, converged=converged,
-            inverse_hessian_scale=inverse_hessian_scale,
-        )  # fmt: skip
+    def lbfgs(self, run: Run, history: int, inverse_hessian_scale: float | None = None) -> Outcome:
+        return lbfgs(self._evaluator, run, history, inverse_hessian_scale)
 
-    def adam(
-        self,
-        x0: npt.NDArray[np.float32],
-        budget: int,
-        learning_rate: float,
-        on_step: Callable[[Step], None],
-        should_stop: Callable[[], bool],
-        *,
-        converged: Callable[[float], bool] = never,
-    ) -> Outcome:
-        return adam(self._evaluator, x0, budget, learning_rate, on_step, should_stop, converged=converged)
+    def adam(self, run: Run, learning_rate: float) -> Outcome:
+        return adam(self._evaluator, run, learning_rate)
 
 
 class SplitOptimiser:
@@ -416,29 +382,8 @@ class SplitOptimiser:
     def step_s(self) -> float:
         return self._lbfgs.step_s + self._adam.step_s
 
-    def lbfgs(
-        self,
-        x0: npt.NDArray[np.float32],
-        budget: int,
-        history: int,
-        on_step: Callable[[Step], None],
-        should_stop: Callable[[], bool],
-        *,
-        converged: Callable[[float], bool] = never,
-        inverse_hessian_scale: float | None = None,
-    ) -> Outcome:
-        return self._lbfgs.lbfgs(
-            x0, budget, history, on_step, should_stop, converged=converged, inverse_hessian_scale=inverse_hessian_scale
-        )
+    def lbfgs(self, run: Run, history: int, inverse_hessian_scale: float | None = None) -> Outcome:
+        return self._lbfgs.lbfgs(run, history, inverse_hessian_scale)
 
-    def adam(
-        self,
-        x0: npt.NDArray[np.float32],
-        budget: int,
-        learning_rate: float,
-        on_step: Callable[[Step], None],
-        should_stop: Callable[[], bool],
-        *,
-        converged: Callable[[float], bool] = never,
-    ) -> Outcome:
-        return self._adam.adam(x0, budget, learning_rate, on_step, should_stop, converged=converged)
+    def adam(self, run: Run, learning_rate: float) -> Outcome:
+        return self._adam.adam(run, learning_rate)

@@ -221,13 +221,10 @@ def _optimise(
 ) -> optimise.Outcome:  # fmt: skip
     options = job.options
     converged = optimise.Plateau(options.min_improvement, MIN_IMPROVEMENT_WINDOW)
+    run = optimise.Run(canvas, budget, on_step, should_stop, converged)
     if options.optimizer is Optimizer.LBFGS:
-        history = optimise.history_within(options.lbfgs_history, canvas.size)
-        return optimiser.lbfgs(
-            canvas, budget, history, on_step, should_stop, converged=converged,
-            inverse_hessian_scale=inverse_hessian_scale,
-        )  # fmt: skip
-    return optimiser.adam(canvas, budget, options.learning_rate, on_step, should_stop, converged=converged)
+        return optimiser.lbfgs(run, optimise.history_within(options.lbfgs_history, canvas.size), inverse_hessian_scale)
+    return optimiser.adam(run, options.learning_rate)
 
 
 def stylize(

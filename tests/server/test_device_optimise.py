@@ -11,6 +11,7 @@ envelope (the same start moved by one ulp), with the same evaluations and stop r
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +66,12 @@ def _never() -> bool:
 
 
 def _run(
-    optimiser: optimise.Optimiser, method: str, start: FloatArray, budget: int = ITERATIONS + 1, **kwargs: float
-) -> tuple[optimise.Outcome, _Recorder]:
+    optimiser: optimise.Optimiser, method: str, start: FloatArray, budget: int = ITERATIONS + 1,
+    inverse_hessian_scale: float | None = None, converged: Callable[[float], bool] = optimise.never,
+) -> tuple[optimise.Outcome, _Recorder]:  # fmt: skip
     recorder = _Recorder()
-    if method == "adam":
-        outcome = optimiser.adam(start, budget, 0.02, recorder, _never, **kwargs)
-    else:
-        outcome = optimiser.lbfgs(start, budget, 10, recorder, _never, **kwargs)
+    run = optimise.Run(start, budget, recorder, converged=converged)
+    outcome = optimiser.adam(run, 0.02) if method == "adam" else optimiser.lbfgs(run, 10, inverse_hessian_scale)
     return outcome, recorder
 
 
@@ -140,10 +140,9 @@ def test_device_lbfgs_starts_from_a_carried_scale_as_the_host_does(graphs: LossG
 def test_device_stop_reasons_and_cancellation(graphs: LossGraphs, method: str) -> None:
     host, device = _placements(graphs, SIZES[0])
     start = _image(SIZES[0], 3)
-    plateau = {"converged": optimise.Plateau(0.5, 2)}  # a loose threshold: stops after a few iterations
-    host_outcome, _ = _run(host, method, start, **plateau)  # type: ignore[arg-type]
-    plateau = {"converged": optimise.Plateau(0.5, 2)}
-    device_outcome, _ = _run(device, method, start, **plateau)  # type: ignore[arg-type]
+    # A loose threshold: stops after a few iterations.
+    host_outcome, _ = _run(host, method, start, converged=optimise.Plateau(0.5, 2))
+    device_outcome, _ = _run(device, method, start, converged=optimise.Plateau(0.5, 2))
     assert host_outcome.reason is optimise.StopReason.CONVERGED
     assert (device_outcome.reason, device_outcome.iterations) == (host_outcome.reason, host_outcome.iterations)
     calls = 0
@@ -153,9 +152,9 @@ def test_device_stop_reasons_and_cancellation(graphs: LossGraphs, method: str) -
         calls += 1
         return calls > 3
 
-    run = device.adam if method == "adam" else device.lbfgs
+    cancelled = optimise.Run(start, 20, should_stop=stop_after_three)
     with pytest.raises(Cancelled):
-        run(start, 20, 10, lambda _: None, stop_after_three)  # 10: the learning rate or the history
+        device.adam(cancelled, 0.02) if method == "adam" else device.lbfgs(cancelled, 10)
     assert calls == 4
 
 

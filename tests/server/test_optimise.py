@@ -7,7 +7,7 @@ import numpy.typing as npt
 import pytest
 from nst_server.errors import Cancelled
 from nst_server.graphs import Evaluation
-from nst_server.optimise import Step, adam, lbfgs
+from nst_server.optimise import Run, Step, adam, lbfgs
 from scipy.optimize import Bounds, minimize
 
 SHAPE = (1, 3, 8, 8)
@@ -37,14 +37,10 @@ def _start() -> npt.NDArray[np.float32]:
     return np.full(SHAPE, 0.5, np.float32)
 
 
-def _never() -> bool:
-    return False
-
-
 def test_lbfgs_finds_the_boxed_optimum_within_budget() -> None:
     """L-BFGS-B reaches clip(t, 0, 1), never leaves the box and reports one step per iteration."""
     objective, steps = Quadratic(), []
-    rv = lbfgs(objective, _start(), budget=50, history=10, on_step=steps.append, should_stop=_never)
+    rv = lbfgs(objective, Run(_start(), budget=50, on_step=steps.append), history=10)
     assert np.allclose(rv.x.reshape(SHAPE), objective.optimum, atol=1e-4)
     assert rv.x.min() >= 0.0
     assert rv.x.max() <= 1.0
@@ -56,14 +52,14 @@ def test_lbfgs_finds_the_boxed_optimum_within_budget() -> None:
 def test_lbfgs_stops_exactly_at_the_budget() -> None:
     """With a budget smaller than it needs, L-BFGS-B evaluates exactly that many times."""
     objective = Quadratic()
-    rv = lbfgs(objective, _start(), budget=3, history=10, on_step=lambda _: None, should_stop=_never)
+    rv = lbfgs(objective, Run(_start(), budget=3), history=10)
     assert rv.evaluations == objective.calls == 3
 
 
 def test_adam_spends_the_budget_and_projects_onto_the_box() -> None:
     """Adam evaluates exactly budget times, one step each, stays in [0, 1] and lowers the loss."""
     objective, steps = Quadratic(), []
-    rv = adam(objective, _start(), budget=40, learning_rate=0.05, on_step=steps.append, should_stop=_never)
+    rv = adam(objective, Run(_start(), budget=40, on_step=steps.append), learning_rate=0.05)
     assert objective.calls == rv.evaluations == rv.iterations == 40
     assert [s.evaluations for s in steps] == list(range(1, 41))
     assert 0.0 <= rv.x.min() <= rv.x.max() <= 1.0
@@ -83,9 +79,9 @@ def test_stop_flag_ends_the_run_before_the_next_evaluation(optimiser: str) -> No
 
     def run() -> None:
         if optimiser == "lbfgs":
-            lbfgs(objective, _start(), budget=50, history=5, on_step=on_step, should_stop=stop_after_two)
+            lbfgs(objective, Run(_start(), 50, on_step, stop_after_two), history=5)
         else:
-            adam(objective, _start(), budget=50, learning_rate=0.05, on_step=on_step, should_stop=stop_after_two)
+            adam(objective, Run(_start(), 50, on_step, stop_after_two), learning_rate=0.05)
 
     with pytest.raises(Cancelled):
         run()
@@ -129,7 +125,7 @@ def test_lbfgs_does_as_well_as_scipy_lbfgsb(history: int) -> None:
 
     A history shorter than the run also exercises the memory's reuse of its oldest rows.
     """
-    ours = lbfgs(Boxed(), np.full(300, 0.5, np.float32), 60, history, lambda _: None, _never)
+    ours = lbfgs(Boxed(), Run(np.full(300, 0.5, np.float32), 60), history)
     reference = _scipy_lbfgsb_loss(Boxed(), 60, history)
     assert 0.0 <= ours.x.min() <= ours.x.max() <= 1.0
     assert ours.losses.total <= reference * 1.001 + 1e-6

@@ -86,12 +86,11 @@ def test_lbfgs_says_why_it_stopped() -> None:
     """The budget, or a plateau reported by converged(loss), ends L-BFGS, and Outcome.reason says which."""
     from tests.server.test_optimise import Quadratic, _start
 
-    spent = optimise.lbfgs(Quadratic(), _start(), 3, 10, lambda _: None, lambda: False)
+    spent = optimise.lbfgs(Quadratic(), optimise.Run(_start(), 3), 10)
     assert spent.reason is optimise.StopReason.BUDGET
     losses: list[float] = []
-    plateau = optimise.lbfgs(
-        Quadratic(), _start(), 50, 10, lambda _: None, lambda: False, converged=lambda loss: losses.append(loss) or True
-    )
+    stop_at_once = optimise.Run(_start(), 50, converged=lambda loss: losses.append(loss) or True)
+    plateau = optimise.lbfgs(Quadratic(), stop_at_once, 10)
     assert plateau.reason is optimise.StopReason.CONVERGED
     assert (plateau.iterations, len(losses)) == (1, 2)  # the starting loss, then the first iteration's
 
@@ -100,7 +99,7 @@ def test_adam_stops_on_a_plateau() -> None:
     """Adam ends at the first evaluation converged() accepts, with the reason."""
     from tests.server.test_optimise import Quadratic, _start
 
-    rv = optimise.adam(Quadratic(), _start(), 50, 0.1, lambda _: None, lambda: False, converged=lambda _: True)
+    rv = optimise.adam(Quadratic(), optimise.Run(_start(), 50, converged=lambda _: True), 0.1)
     assert (rv.evaluations, rv.reason) == (1, optimise.StopReason.CONVERGED)
 
 
@@ -115,7 +114,7 @@ def test_a_carried_inverse_hessian_scale_sets_the_first_step() -> None:
         points.append(np.array(x, np.float32).reshape(-1))
         return objective(x)
 
-    rv = optimise.lbfgs(recorded, _start(), 2, 10, lambda _: None, lambda: False, inverse_hessian_scale=0.25)
+    rv = optimise.lbfgs(recorded, optimise.Run(_start(), 2), 10, inverse_hessian_scale=0.25)
     grad = 2 * (_start() - objective.target).reshape(-1)
     assert np.allclose(points[1], np.clip(points[0] - 0.25 * grad, 0, 1), atol=1e-6)
     assert rv.inverse_hessian_scale == pytest.approx(0.5, rel=1e-3)  # s.y / y.y of f = |x - t|^2 is 1/2
@@ -158,9 +157,11 @@ def test_state_is_carried_across_scales(graphs: LossGraphs, monkeypatch: pytest.
     calls: list[tuple[float | None, float | None]] = []
 
     def recording(real: Any) -> Any:
-        def run(self: object, *args: Any, **kwargs: Any) -> optimise.Outcome:
-            outcome: optimise.Outcome = real(self, *args, **kwargs)
-            calls.append((kwargs["inverse_hessian_scale"], outcome.inverse_hessian_scale))
+        def run(
+            self: object, run: optimise.Run, history: int, inverse_hessian_scale: float | None = None
+        ) -> optimise.Outcome:
+            outcome: optimise.Outcome = real(self, run, history, inverse_hessian_scale)
+            calls.append((inverse_hessian_scale, outcome.inverse_hessian_scale))
             return outcome
 
         return run
