@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,6 +29,32 @@ from ._types import (
 )
 
 log = logging.getLogger(__name__)
+
+_Client = TypeVar("_Client")
+_Parameters = ParamSpec("_Parameters")
+
+
+def _run_to_the_end(
+    start: Callable[Concatenate[_Client, _Parameters], StyleCall],
+) -> Callable[Concatenate[_Client, _Parameters], Image.Image]:
+    """``StyleClient.stylize_image`` from ``stylize``: the same parameters (for type checkers and ``help()``
+    alike), but the job is run to the end and its styled image returned."""
+
+    def stylize_image(self: _Client, /, *args: _Parameters.args, **kwargs: _Parameters.kwargs) -> Image.Image:
+        with start(self, *args, **kwargs) as call:
+            return call.result().to_image()
+
+    owner = start.__qualname__.rpartition(".")[0]
+    stylize_image.__qualname__ = f"{owner}.{stylize_image.__name__}"
+    stylize_image.__signature__ = inspect.signature(start).replace(return_annotation="Image.Image")  # type: ignore[attr-defined]  # read by inspect and help()
+    stylize_image.__doc__ = """Run a job to the end and return the styled image; the arguments are ``stylize``'s.
+
+        Raises:
+            ValueError, OSError: as ``stylize``.
+            StyleTransferError: the call failed.
+        """
+    return stylize_image
+
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransferService"].full_name
 # The server's default message limit (64 MiB) plus room for the rest of a Result: results must always fit.
@@ -182,6 +209,7 @@ class StyleClient:
 
     def stylize(
         self,
+        /,
         content: ImageInput | None,
         styles: StyleInput | Sequence[StyleInput] | None,
         options: StylizeOptions | None = None,
@@ -218,24 +246,8 @@ class StyleClient:
             call = self._stub.Stylize(request, timeout=timeout_s, metadata=self._metadata)
         return StyleCall(call)
 
-    def stylize_image(
-        self,
-        content: ImageInput | None,
-        styles: StyleInput | Sequence[StyleInput] | None,
-        options: StylizeOptions | None = None,
-        *,
-        timeout_s: float | None = None,
-        model: str | None = None,
-        **fields: Any,
-    ) -> Image.Image:
-        """Run a job to the end and return the styled image; the arguments are ``stylize``'s.
-
-        Raises:
-            ValueError, OSError: as ``stylize``.
-            StyleTransferError: the call failed.
-        """
-        with self.stylize(content, styles, options, timeout_s=timeout_s, model=model, **fields) as call:
-            return call.result().to_image()
+    # ``stylize``'s parameters, not a copy of them: see ``_run_to_the_end``.
+    stylize_image = _run_to_the_end(stylize)
 
     def close(self) -> None:
         """Close the channel; calls still running are cancelled.
