@@ -13,6 +13,8 @@ hits both alike:
 - ``host_ms``: everything else per iteration, in Python: the numpy step on the host placement, bindings and scalar
   reads on the device placement (what ``Timings.host_s`` measures in the server);
 - ``iteration_ms``: the whole, per iteration;
+- ``host_setup_ms``: the host's work once per run (buffers, bindings, the first upload and the last download),
+  measured by a run without steps and taken out of the per-iteration figures above;
 - ``host_cpu_ms``: the CPU time of the job's thread per iteration outside the runs: what ``host_ms`` would be on
   an idle machine, where no other process takes the core away mid-iteration (``time.thread_time``; BLAS threads
   of the host step are not in it, so on the host placement it can read low).
@@ -110,7 +112,8 @@ class _CountedDevice(DeviceOptimiser):
 
 def _one_run(graphs: LossGraphs, evaluator: SessionEvaluator, placement: str, method: str, start: np.ndarray,
              iterations: int) -> dict[str, float]:  # fmt: skip
-    """Time one run of ``iterations`` iterations (L-BFGS: one evaluation more, at the start)."""
+    """Totals of one run of ``iterations`` iterations (L-BFGS: one evaluation more, at the start): seconds by the
+    wall clock and by the job thread's CPU time, in the loss graph, in the step graphs and in neither (the host)."""
     counted = _CountedEvaluator(evaluator)
     optimiser: optimise.HostOptimiser | _CountedDevice = (
         optimise.HostOptimiser(counted) if placement == "host" else _CountedDevice(graphs._step_graphs(), evaluator)
@@ -121,16 +124,31 @@ def _one_run(graphs: LossGraphs, evaluator: SessionEvaluator, placement: str, me
     else:
         outcome = optimiser.adam(optimise.Run(start, iterations), LEARNING_RATE)
     wall, cpu = time.perf_counter() - begin, time.thread_time() - begin_cpu
-    steps = max(outcome.iterations, 1)
-    host = wall - optimiser.evaluate_s - optimiser.step_s
     run_cpu = counted.run_cpu_s if isinstance(optimiser, optimise.HostOptimiser) else optimiser.run_cpu_s
     return {
-        "host_cpu_ms": 1e3 * (cpu - run_cpu) / steps,
-        "loss_ms": 1e3 * optimiser.evaluate_s / outcome.evaluations,
-        "step_ms": 1e3 * optimiser.step_s / steps,
-        "host_ms": 1e3 * host / steps,
-        "iteration_ms": 1e3 * wall / steps,
+        "iterations": outcome.iterations,
+        "evaluations": outcome.evaluations,
+        "wall_s": wall,
+        "loss_s": optimiser.evaluate_s,
+        "step_s": optimiser.step_s,
+        "host_s": wall - optimiser.evaluate_s - optimiser.step_s,
+        "host_cpu_s": cpu - run_cpu,
         "loss": outcome.losses.total,
+    }
+
+
+def _per_iteration(run: dict[str, float], setup: dict[str, float]) -> dict[str, float]:
+    """``run``'s figures per iteration, less ``setup``'s (the same optimiser run for no step: buffers, bindings,
+    the first evaluation's upload and the last download), which a job pays once per scale, not per iteration."""
+    iterations = run["iterations"] - setup["iterations"]
+    return {
+        "host_cpu_ms": 1e3 * (run["host_cpu_s"] - setup["host_cpu_s"]) / iterations,
+        "loss_ms": 1e3 * run["loss_s"] / run["evaluations"],
+        "step_ms": 1e3 * (run["step_s"] - setup["step_s"]) / iterations,
+        "host_ms": 1e3 * (run["host_s"] - setup["host_s"]) / iterations,
+        "iteration_ms": 1e3 * (run["wall_s"] - setup["wall_s"]) / iterations,
+        "host_setup_ms": 1e3 * setup["host_s"],
+        "loss": run["loss"],
     }
 
 
@@ -144,9 +162,10 @@ def measure(graphs: LossGraphs, side: int, methods: list[str], iterations: int, 
         runs: dict[str, list[dict[str, float]]] = {"host": [], "device": []}
         for repeat in range(repeats + 1):  # the first round warms the step graphs' sessions up, and is dropped
             for placement in runs:
+                setup = _one_run(graphs, evaluator, placement, method, start, 0 if method == "lbfgs" else 1)
                 result = _one_run(graphs, evaluator, placement, method, start, iterations)
                 if repeat:
-                    runs[placement].append(result)
+                    runs[placement].append(_per_iteration(result, setup))
         for placement, results in runs.items():
             row = {key: median(r[key] for r in results) for key in results[0]}
             rows.append({"side": side, "optimizer": method, "placement": placement, **row})
