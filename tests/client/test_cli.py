@@ -219,6 +219,7 @@ def test_scales_print_scale_started_lines(server: InProcessServer, inputs: Input
     assert (scales[1]["width"], scales[1]["height"]) == (64, 48)
 
 
+@pytest.mark.slow  # seconds: a CLI process and a job of several scales or many evaluations
 def test_min_improvement_stops_early_and_says_so(server: InProcessServer, inputs: Inputs, tmp_path: Path) -> None:
     """--min-improvement 0.99 ends the job on its first plateau check; the result line says converged."""
     out = tmp_path / "styled.png"
@@ -325,6 +326,7 @@ def test_bad_mask_flags_are_usage_errors(
     assert recording.recorder.calls == []
 
 
+@pytest.mark.slow  # seconds: a CLI process and a job of several scales or many evaluations
 def test_masks_end_to_end(server: InProcessServer, inputs: Inputs, tmp_path: Path) -> None:
     """The real server takes the CLI's masks: the content-only strip comes back as the photo, the rest does not."""
     left, right, source, strip = _masks(tmp_path)

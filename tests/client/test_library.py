@@ -86,6 +86,7 @@ def test_image_inputs(client: StyleClient, inputs: Inputs, kind: str) -> None:
     assert (image.format, image.size) == ("JPEG", (64, 48))
 
 
+@pytest.mark.slow  # seconds: a job run until the caller breaks out
 def test_breaking_out_cancels_the_job(client: StyleClient, server: InProcessServer, inputs: Inputs) -> None:
     """Leaving the event loop early cancels the RPC: the server logs outcome=cancelled and its one slot frees."""
     before = server.outcomes()

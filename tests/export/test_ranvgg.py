@@ -42,6 +42,7 @@ def _ranvgg_fixture() -> tuple[VGG19Features, str]:
     return _ranvgg(4)
 
 
+@pytest.mark.slow  # seconds: VGG19 built and run in PyTorch
 def test_same_seed_same_weights_other_seed_others() -> None:
     """The weights and the recipe are a function of the seed alone (a shorter network, to be quick)."""
     model, recipe = _ranvgg(4, "relu3_1")
@@ -61,6 +62,7 @@ def test_every_relu_has_mean_one_on_the_reference(ranvgg: tuple[VGG19Features, s
     assert means == pytest.approx(dict.fromkeys(RELUS, RANVGG_MEAN_ACTIVATION), rel=1e-3)
 
 
+@pytest.mark.slow  # seconds: VGG19 built and run in PyTorch
 def test_it_rescales_the_random_weights_layer_by_layer(ranvgg: tuple[VGG19Features, str]) -> None:
     """ranVGG is --weights random with one positive factor per conv, and it is those factors that fix the means.
 
@@ -97,6 +99,7 @@ def test_photos_and_paintings_stay_near_one(ranvgg: tuple[VGG19Features, str]) -
         assert all(0.5 < mean < 2.0 for mean in means.values()), (name, means)
 
 
+@pytest.mark.slow  # seconds: VGG19 built and run in PyTorch
 def test_export_records_the_recipe_and_serves(tmp_path: Path) -> None:
     """`nst-export --weights ranvgg` writes weights, seed and recipe into the metadata; the server runs a job on it."""
     out = tmp_path / "ranvgg"

@@ -136,6 +136,7 @@ def _run(graphs: LossGraphs, job: Job) -> tuple[Result, list[Any]]:
     return result, events
 
 
+@pytest.mark.slow  # seconds: a three-scale job through the server
 def test_server_schedule_runs_its_plan_and_counts_both_ways(
     graphs: LossGraphs, monkeypatch: pytest.MonkeyPatch
 ) -> None:

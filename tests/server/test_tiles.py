@@ -136,6 +136,7 @@ def test_tiled_evaluation_stops_between_tiles(model_dir: Path) -> None:
     assert len(checks) == 4
 
 
+@pytest.mark.slow  # seconds: jobs at and above the tile size
 def test_images_that_fit_one_tile_with_its_halo_stay_whole(model_dir: Path) -> None:
     """Up to 256 + 2 x 160 px on the longer side an image costs no more memory whole than one tile: it stays whole."""
     graphs = LossGraphs(model_dir, device="cpu", tile_px=256)
@@ -155,6 +156,7 @@ def test_model_without_tile_graphs_is_refused_when_tiling(model_dir: Path, tmp_p
         LossGraphs(old, device="cpu", tile_px=512)
 
 
+@pytest.mark.slow  # seconds: jobs at and above the tile size
 def test_masks_and_circular_padding_are_refused_above_the_tile_size(model_dir: Path) -> None:
     """Region guides and circular padding hold whole-image state the tile graphs do not take: a clear refusal."""
     graphs = LossGraphs(model_dir, device="cpu", tile_px=64)  # whole up to 64 + 2 x 160 = 384 px
