@@ -101,6 +101,11 @@ class StepGraphs:
             self.direction(pairs)
 
 
+# Bindings one L-BFGS run keeps (``_LbfgsState._binding``): in the steady state about 2 (history + 1) for the
+# direction graph and as many for the pair and trial graphs; each holds only references to buffers that exist anyway.
+_MAX_BINDINGS = 256
+
+
 def _bind_host_output(binding: ort.IOBinding, name: str, buffer: npt.NDArray[np.float32]) -> None:
     """Bind ``name`` to ``buffer`` in host memory: how the scalars reach Python without an allocation per run."""
     binding.bind_output(name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
@@ -122,7 +127,7 @@ class DeviceOptimiser:
             _bind_host_output(self._loss, name, buffer)
         self._scalars = np.zeros(3, np.float32)  # the direction graph's; the trial and pair graphs use a prefix
         self._step = np.zeros((), np.float32)
-        self._step_value = ort.OrtValue.ortvalue_from_numpy(self._step)  # host memory: read at each run
+        self._step_value = ort.OrtValue.ortvalue_from_numpy(self._step)  # host memory, shared with self._step
         self._step_decrease = np.zeros((), np.float32)
         self.evaluate_s = 0.0
         self.step_s = 0.0
@@ -276,12 +281,27 @@ class _LbfgsState:
         self.rho = np.zeros(history + 1)  # 1 / s.y per row, float64 as on the host
         self.yy = np.zeros(history + 1)
         self._scalars = owner._scalars
-        self._bindings: dict[str, ort.IOBinding] = {}
+        # rho of the pairs in use, newest first, per pair count, in host memory
+        self._rho = {pairs: np.zeros(pairs, np.float32) for pairs in range(1, history + 1)}
+        self._rho_values = {pairs: ort.OrtValue.ortvalue_from_numpy(rho) for pairs, rho in self._rho.items()}
+        self._bindings: dict[tuple[object, ...], ort.IOBinding] = {}
 
-    def _binding(self, key: str, session: ort.InferenceSession) -> ort.IOBinding:
-        if key not in self._bindings:
-            self._bindings[key] = session.io_binding()
-        return self._bindings[key]
+    def _binding(
+        self, key: tuple[object, ...], session: ort.InferenceSession, bind: Callable[[ort.IOBinding], None]
+    ) -> ort.IOBinding:
+        """The binding of ``session`` to the buffers that ``key`` names, made by ``bind`` the first time.
+
+        Buffers rotate through few arrangements (x and trial swap, as do grad and grad_next; the pairs' rows turn
+        over as a ring), so a binding made once serves again and again: binding is most of the host's work per
+        iteration. Bounded: a run that keeps rejecting pairs can make new arrangements without end.
+        """
+        binding = self._bindings.get(key)
+        if binding is None:
+            if len(self._bindings) >= _MAX_BINDINGS:
+                self._bindings.clear()
+            binding = self._bindings[key] = session.io_binding()
+            bind(binding)
+        return binding
 
     def free_row(self) -> int:
         return next(row for row in range(len(self.s)) if row not in self.order)
@@ -298,18 +318,22 @@ class _LbfgsState:
         """Direction and first trial point (s into ``row``); (descent, step, grad.s)."""
         pairs = len(self.order)
         session = self._steps.direction(pairs)
-        binding = self._binding(f"direction_{pairs}", session)
-        newest_first = list(reversed(self.order))
-        inputs = [x, self.grad, *(self.s[r] for r in newest_first), *(self.y[r] for r in newest_first)]
-        for name, value in zip(step_graphs.direction_inputs(pairs), inputs, strict=False):
-            binding.bind_ortvalue_input(name, value)
-        if pairs:
-            rho = np.array([self.rho[r] for r in newest_first], np.float32)
-            binding.bind_cpu_input("rho", rho)
-        binding.bind_ortvalue_output("direction", self.direction_buffer)
-        binding.bind_ortvalue_output("trial", trial)
-        binding.bind_ortvalue_output("s", self.s[row])
-        _bind_host_output(binding, "scalars", self._scalars)
+        newest_first = tuple(reversed(self.order))
+        grad = self.grad
+
+        def bind(binding: ort.IOBinding) -> None:
+            inputs = [x, grad, *(self.s[r] for r in newest_first), *(self.y[r] for r in newest_first)]
+            for name, value in zip(step_graphs.direction_inputs(pairs), inputs, strict=False):  # rho: below
+                binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output("direction", self.direction_buffer)
+            binding.bind_ortvalue_output("trial", trial)
+            binding.bind_ortvalue_output("s", self.s[row])
+            _bind_host_output(binding, "scalars", self._scalars)
+
+        binding = self._binding(("direction", newest_first, id(x), id(grad), id(trial), row), session, bind)
+        if pairs:  # bound anew each run: a host value bound to a device input is copied when bound, not when run
+            self._rho[pairs][:] = self.rho[list(newest_first)]
+            binding.bind_ortvalue_input("rho", self._rho_values[pairs])
         self._owner._run_step(session, binding)
         descent, step, decrease = (float(v) for v in self._scalars)
         return descent > 0.0, step, decrease
@@ -317,27 +341,33 @@ class _LbfgsState:
     def trial(self, x: ort.OrtValue, trial: ort.OrtValue, row: int, step: float) -> float:
         """The trial point x + step * direction, projected (s into ``row``); grad.s."""
         session = self._steps.trial
-        binding = self._binding("trial", session)
-        for name, value in zip(step_graphs.TRIAL_INPUTS[:3], (x, self.direction_buffer, self.grad), strict=True):
-            binding.bind_ortvalue_input(name, value)
-        self._owner._step[...] = step
-        binding.bind_ortvalue_input("step", self._owner._step_value)
-        binding.bind_ortvalue_output("trial", trial)
-        binding.bind_ortvalue_output("s", self.s[row])
-        _bind_host_output(binding, "decrease", self._owner._step_decrease)
-        self._owner._run_step(session, binding)
-        return float(self._owner._step_decrease)
+        grad, owner = self.grad, self._owner
+
+        def bind(binding: ort.IOBinding) -> None:
+            for name, value in zip(step_graphs.TRIAL_INPUTS[:3], (x, self.direction_buffer, grad), strict=True):
+                binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output("trial", trial)
+            binding.bind_ortvalue_output("s", self.s[row])
+            _bind_host_output(binding, "decrease", owner._step_decrease)
+
+        binding = self._binding(("trial", id(x), id(grad), id(trial), row), session, bind)
+        owner._step[...] = step
+        binding.bind_ortvalue_input("step", owner._step_value)  # anew each run, as rho in ``direction``
+        owner._run_step(session, binding)
+        return float(owner._step_decrease)
 
     def keep(self, row: int, dropping_oldest: bool) -> None:
         """y = grad_next - grad into ``row``; keep the pair when its curvature is positive, as ``_Pairs.keep``."""
         session = self._steps.pair
-        binding = self._binding("pair", session)
-        for name, value in zip(step_graphs.PAIR_INPUTS, (self.grad_next, self.grad, self.s[row]), strict=True):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_ortvalue_output("y", self.y[row])
-        pair = self._scalars[:2]
-        _bind_host_output(binding, "scalars", pair)
-        self._owner._run_step(session, binding)
+        grad, grad_next, pair = self.grad, self.grad_next, self._scalars[:2]
+
+        def bind(binding: ort.IOBinding) -> None:
+            for name, value in zip(step_graphs.PAIR_INPUTS, (grad_next, grad, self.s[row]), strict=True):
+                binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output("y", self.y[row])
+            _bind_host_output(binding, "scalars", pair)
+
+        self._owner._run_step(session, self._binding(("pair", id(grad_next), id(grad), row), session, bind))
         if dropping_oldest:  # where the host wrote this pair over its oldest: gone whether or not this one stays
             self.order.pop(0)
         sy, yy = float(pair[0]), float(pair[1])
