@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS), help="which peers (default both)")
     parser.add_argument(
         "--merge", type=Path, nargs="+", default=[],
-        help="with --report-only: more quality.json files whose runs join those of the same size (or add a size)",
+        help="with --report-only: more quality.json files whose runs join those of the same size (or add a size); "
+        "the merged runs are written back to OUT/quality.json",
     )  # fmt: skip
     parser.add_argument("--model", type=Path, help="an exported model (default: nst-export --weights random --seed 0)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                     results["sizes"] = sorted([*results["sizes"], entry], key=lambda e: int(e["side"]))
                 else:
                     same["runs"] |= entry["runs"]
+        if args.merge:  # kept, so that the committed JSON holds every run the report shows
+            (args.out / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
         render(results, args.out, args.doc)
         return 0
     specs = args.schedule or ["default:max_evaluations={budget}", "single-scale:scales=1,max_evaluations={budget}"]

@@ -182,6 +182,7 @@ def test_interrupt_cancels_the_job(server: InProcessServer, inputs: Inputs, tmp_
     assert out.is_file()
 
 
+@pytest.mark.slow  # seconds: CLI processes against a server
 def test_info_and_health(server: InProcessServer, model_dir: Path) -> None:
     """`nst info --json` describes the served model and its limits; `nst health` prints SERVING and exits 0."""
     info = nst("info", "--json", "--server", server.address)
@@ -204,6 +205,7 @@ def test_token_file_is_sent_as_bearer(recording: RecordingServer, tmp_path: Path
     assert recording.recorder.calls[-1]["authorization"] == "Bearer s3cret-token"
 
 
+@pytest.mark.slow  # seconds: CLI processes against a server
 def test_scales_print_scale_started_lines(server: InProcessServer, inputs: Inputs, tmp_path: Path) -> None:
     """--scales 2 --progress json prints a scale_started line for each scale, before that scale's progress."""
     out = tmp_path / "styled.png"

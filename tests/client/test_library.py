@@ -285,6 +285,7 @@ def test_two_scales_announce_each_scale(client: StyleClient, inputs: Inputs) -> 
     assert (result.width, result.height, result.evaluations) == (64, 48, 5)
 
 
+@pytest.mark.slow  # seconds: jobs to the budget and to a plateau
 def test_result_says_why_it_stopped_and_counts_full_size_evaluations(client: StyleClient, inputs: Inputs) -> None:
     """Result carries the stop reason (budget, or converged under min_improvement) and both evaluation counts."""
     spent = client.stylize(inputs.content, inputs.style, max_evaluations=3, **QUICK).result()

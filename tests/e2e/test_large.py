@@ -116,9 +116,10 @@ def test_sizes_over_max_side_are_refused_naming_the_limit(model_dir: Path) -> No
     ("flags", "named"),
     [
         (("--tile-size", "100"), "multiple of 16"),
-        (("--tile-size", "32"), "at least 64"),
-        (("--tile-size", "-16"), "multiple of 16"),
-        (("--max-side", "0"), "--max-side must be at least 1"),
+        # A server process each (about a second): the quick loop keeps the first.
+        pytest.param(("--tile-size", "32"), "at least 64", marks=pytest.mark.slow),
+        pytest.param(("--tile-size", "-16"), "multiple of 16", marks=pytest.mark.slow),
+        pytest.param(("--max-side", "0"), "--max-side must be at least 1", marks=pytest.mark.slow),
     ],
 )
 def test_tile_flags_that_make_no_sense_are_usage_errors(model_dir: Path, flags: tuple[str, ...], named: str) -> None:

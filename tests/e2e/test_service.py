@@ -111,6 +111,7 @@ def _first_event(call: Iterator[pb.StylizeResponse]) -> str:
     return next(call).WhichOneof("event")
 
 
+@pytest.mark.slow  # seconds: a job run until cancelled, then the next
 def test_cancel_frees_the_slot_for_the_queue(stub: pb_grpc.StyleTransferServiceStub, server: InProcessServer) -> None:
     """With one slot and one queue place: a third call is refused; cancelling the first starts the second."""
     before = server.outcomes()

@@ -139,6 +139,7 @@ def test_device_lbfgs_starts_from_a_carried_scale_as_the_host_does(graphs: LossG
 
 
 @pytest.mark.parametrize("method", ["adam", "lbfgs"])
+@pytest.mark.slow  # seconds: runs of both placements, or a server per flag
 def test_device_stop_reasons_and_cancellation(graphs: LossGraphs, method: str) -> None:
     host, device = _placements(graphs, SIZES[0])
     start = _image(SIZES[0], 3)
@@ -278,6 +279,7 @@ def test_a_coarse_to_fine_job_is_the_same_on_either_placement(
         assert parts == pytest.approx(timings.optimise_s)
 
 
+@pytest.mark.slow  # seconds: runs of both placements, or a server per flag
 def test_placement_flag_and_auto(model_dir: Path) -> None:
     assert config_from_flags([model_dir]).optimizer_placement == "auto"
     assert config_from_flags([model_dir], "--optimizer-placement", "device").optimizer_placement == "device"

@@ -176,6 +176,7 @@ def test_state_is_carried_across_scales(graphs: LossGraphs, monkeypatch: pytest.
     assert second_in == pytest.approx(first_out * (64 * 48) / (45 * 34))
 
 
+@pytest.mark.slow  # seconds: a job run to its plateau
 def test_min_improvement_stops_and_says_converged(graphs: LossGraphs) -> None:
     """A threshold the loss cannot meet ends the job after the window, well within its budget, as converged."""
     result, _ = _run(graphs, _job(max_evaluations=60, min_improvement=0.99))

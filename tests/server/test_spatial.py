@@ -291,6 +291,7 @@ def test_bad_masks_are_refused_naming_the_problem(stub: pb_grpc.StyleTransferSer
     assert details.startswith(message), details
 
 
+@pytest.mark.slow  # seconds: every kind of good mask, each job through the codec
 def test_good_masks_pass(stub: pb_grpc.StyleTransferServiceStub) -> None:
     """The refusals' good neighbours run: complementary halves, a source mask, a content-only strip, tileable."""
     request = _request([LEFT, RIGHT], [_mask(48, 48, white_before=24), b""], content_only_mask=b"", tileable=True)
