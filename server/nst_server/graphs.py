@@ -34,11 +34,13 @@ log = logging.getLogger(__name__)
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
-# What --optimizer-placement auto picks on each device (the device string's type), per optimiser. CPU: from
-# `python -m bench.placement` (BENCHMARKS.md, "Optimiser placement"; 2 cores, load 7-13): at 256 and 512 px
-# L-BFGS's step graphs plus the host's work took 23 and 57 ms per iteration against 156 and 237 ms for the numpy
-# step; Adam's 12 ms against 3 and 5 ms. CUDA: the device for both, by design (the image stays on the GPU); not
-# measured, no GPU has been lent.
+# What --optimizer-placement auto picks on each device (the device string's type), per optimiser. CPU, from
+# `python -m bench.placement` (BENCHMARKS.md, "Optimiser placement"; idle 2-core machine): Adam's numpy step takes
+# 1.9 ms per iteration at 512 px against 3.3 ms for its step graph, so the host; L-BFGS's two are level within the
+# noise (steady state at 512 px: numpy 16.1 ms, step graphs 18.6 ms; short runs: the step graphs ahead), so the
+# device, whose host work is 0.76 ms against the numpy step's 15 ms of Python holding the GIL that every job in
+# the process shares. CUDA: the device for both, by design (the image stays on the GPU); not measured, no GPU
+# has been lent.
 AUTO_PLACEMENT: dict[str, dict[str, Placement]] = {
     "cpu": {"lbfgs": "device", "adam": "host"},
     "cuda": {"lbfgs": "device", "adam": "device"},
