@@ -12,9 +12,9 @@ hits both alike:
 - ``step_ms``: the step graphs' runs per iteration (device placement; 0 on the host, where the step is host work);
 - ``host_ms``: everything else per iteration, in Python: the numpy step on the host placement, bindings and scalar
   reads on the device placement (what ``Timings.host_s`` measures in the server);
-- ``iteration_ms``: the whole, per iteration;
+- ``iteration_ms``: the whole run's wall time per iteration (its setup and L-BFGS's extra first evaluation in it);
 - ``host_setup_ms``: the host's work once per run (buffers, bindings, the first upload and the last download),
-  measured by a run without steps and taken out of the per-iteration figures above;
+  measured by a run without steps and taken out of ``step_ms``, ``host_ms`` and ``host_cpu_ms``;
 - ``host_cpu_ms``: the CPU time of the job's thread per iteration outside the runs: what ``host_ms`` would be on
   an idle machine, where no other process takes the core away mid-iteration (``time.thread_time``; BLAS threads
   of the host step are not in it, so on the host placement it can read low).
@@ -138,15 +138,17 @@ def _one_run(graphs: LossGraphs, evaluator: SessionEvaluator, placement: str, me
 
 
 def _per_iteration(run: dict[str, float], setup: dict[str, float]) -> dict[str, float]:
-    """``run``'s figures per iteration, less ``setup``'s (the same optimiser run for no step: buffers, bindings,
-    the first evaluation's upload and the last download), which a job pays once per scale, not per iteration."""
-    iterations = run["iterations"] - setup["iterations"]
+    """``run``'s figures per iteration. The step's and the host's less ``setup``'s (the same optimiser run for no
+    step: buffers, bindings, the first evaluation's upload and the last download), which a job pays once per
+    scale, not per iteration; the loss graph's per evaluation and the whole run's per iteration as they are."""
+    iterations = max(run["iterations"] - setup["iterations"], 1)
+    steps = max(run["iterations"], 1)
     return {
         "host_cpu_ms": 1e3 * (run["host_cpu_s"] - setup["host_cpu_s"]) / iterations,
         "loss_ms": 1e3 * run["loss_s"] / run["evaluations"],
         "step_ms": 1e3 * (run["step_s"] - setup["step_s"]) / iterations,
         "host_ms": 1e3 * (run["host_s"] - setup["host_s"]) / iterations,
-        "iteration_ms": 1e3 * (run["wall_s"] - setup["wall_s"]) / iterations,
+        "iteration_ms": 1e3 * run["wall_s"] / steps,
         "host_setup_ms": 1e3 * setup["host_s"],
         "loss": run["loss"],
     }
