@@ -37,7 +37,7 @@ def _large_request(width: int, height: int, evaluations: int) -> pb.StylizeReque
 def test_2048x1536_job_peak_rss_is_bounded_by_the_tile(model_dir: Path) -> None:
     """Three L-BFGS evaluations at 2048x1536 (the style taken at that size too), server defaults: peak RSS <= 2.5 GB.
 
-    Whole, one evaluation at this size would take about 8.7 GB (0.55 GB + 2.6 GB per megapixel, BENCHMARKS.md).
+    Whole, a job at this size peaked at 11.9 GB (`python -m bench.large`, BENCHMARKS.md).
     Marked large: many minutes on the 2-core development machine. Prints the peak and the seconds per evaluation for
     BENCHMARKS.md (run with -s to see them).
     """
