@@ -20,9 +20,9 @@ import onnxruntime as ort
 from . import manifest as mf
 from .config import Device, Placement
 from .errors import untiled_only
-from .job import FloatArray, Options
+from .job import FloatArray, Optimizer, Options
 from .model import Evaluation, Evaluator, Regions
-from .optimise import HostOptimiser, Optimiser, SplitOptimiser
+from .optimise import HostOptimiser, Optimiser
 from .targets import layer_weights
 
 if TYPE_CHECKING:
@@ -289,21 +289,17 @@ class LossGraphs:
         if "device" in self.placements.values():
             self._step_graphs().prepare(Options().lbfgs_history)
 
-    def optimiser(self, evaluator: Evaluator) -> Optimiser:
-        """The optimisers bound to ``evaluator``, each stepping where ``placements`` says.
+    def optimiser(self, evaluator: Evaluator, optimizer: Optimizer = Optimizer.LBFGS) -> Optimiser:
+        """The optimisers bound to ``evaluator``, stepping where ``placements`` says for ``optimizer``, the one
+        the job runs.
 
         Tiled evaluators keep the host placement: their image is cut into tiles in host memory anyway.
         """
-        if not isinstance(evaluator, SessionEvaluator) or set(self.placements.values()) == {"host"}:
+        if not isinstance(evaluator, SessionEvaluator) or self.placements[optimizer.value] == "host":
             return HostOptimiser(evaluator)
         from .device_optimise import DeviceOptimiser
 
-        device = DeviceOptimiser(self._step_graphs(), evaluator)
-        if set(self.placements.values()) == {"device"}:
-            return device
-        host = HostOptimiser(evaluator)
-        by_placement: dict[str, Optimiser] = {"host": host, "device": device}
-        return SplitOptimiser(by_placement[self.placements["lbfgs"]], by_placement[self.placements["adam"]])
+        return DeviceOptimiser(self._step_graphs(), evaluator)
 
     def _load_tiles(self, model_dir: Path, threads: int, providers: list[str], tile_px: int) -> TileGraphs:
         from .tiles import TileGraphs  # tiles imports this module

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from .job import FloatArray
+from .job import FloatArray, Optimizer
 from .manifest import LossWeights, Manifest
 
 if TYPE_CHECKING:
@@ -116,8 +116,9 @@ class LossModel(Protocol):
         """Evaluate once if this size is new to the process."""
         ...
 
-    def optimiser(self, evaluator: Evaluator) -> Optimiser:
-        """The optimisers bound to ``evaluator``, their step and state on the host or on the model's device."""
+    def optimiser(self, evaluator: Evaluator, optimizer: Optimizer = Optimizer.LBFGS) -> Optimiser:
+        """The optimisers bound to ``evaluator``, their step and state on the host or on the model's device, where
+        the model places ``optimizer``'s."""
         ...
 
     def release_memory(self) -> None:

@@ -365,25 +365,3 @@ class HostOptimiser:
 
     def adam(self, run: Run, learning_rate: float) -> Outcome:
         return adam(self._evaluator, run, learning_rate)
-
-
-class SplitOptimiser:
-    """L-BFGS from one ``Optimiser`` and Adam from another: ``--optimizer-placement auto`` where the faster
-    placement differs between them (``graphs.AUTO_PLACEMENT``). A job runs one of the two: the times add up."""
-
-    def __init__(self, for_lbfgs: Optimiser, for_adam: Optimiser) -> None:
-        self._lbfgs, self._adam = for_lbfgs, for_adam
-
-    @property
-    def evaluate_s(self) -> float:
-        return self._lbfgs.evaluate_s + self._adam.evaluate_s
-
-    @property
-    def step_s(self) -> float:
-        return self._lbfgs.step_s + self._adam.step_s
-
-    def lbfgs(self, run: Run, history: int, inverse_hessian_scale: float | None = None) -> Outcome:
-        return self._lbfgs.lbfgs(run, history, inverse_hessian_scale)
-
-    def adam(self, run: Run, learning_rate: float) -> Outcome:
-        return self._adam.adam(run, learning_rate)

@@ -257,7 +257,8 @@ def stylize(
         clock = clock or optimising
         emit(ScaleStarted(number, len(plans), *size, budget))
         on_step = _reporter(job, scale, canvas.shape, (iterations, evaluations), clock, emit)
-        optimiser = graphs.optimiser(scale.evaluate)  # after the warm-up: its run is preparation, not optimisation
+        # After the warm-up: its run is preparation, not optimisation.
+        optimiser = graphs.optimiser(scale.evaluate, options.optimizer)
         outcome = _optimise(job, optimiser, canvas, budget, on_step, should_stop, carried)
         evaluating_s += optimiser.evaluate_s
         stepping_s += optimiser.step_s

@@ -230,7 +230,7 @@ class _PlainGraphs:
     def warm_up(self, evaluator: Evaluator, image: FloatArray) -> None:
         evaluator(image)
 
-    def optimiser(self, evaluator: Evaluator) -> HostOptimiser:
+    def optimiser(self, evaluator: Evaluator, optimizer: object = None) -> HostOptimiser:
         return HostOptimiser(evaluator)
 
     def release_memory(self) -> None:

@@ -109,7 +109,7 @@ class _Model:
             evaluator(image)
             self.warmed.add(evaluator.shape)
 
-    def optimiser(self, evaluator: _Evaluator) -> optimise.HostOptimiser:
+    def optimiser(self, evaluator: _Evaluator, optimizer: object = None) -> optimise.HostOptimiser:
         return optimise.HostOptimiser(evaluator)
 
     def release_memory(self) -> None:
