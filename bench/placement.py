@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from nst.events import Losses
 from nst_server import optimise
 from nst_server.device_optimise import DeviceOptimiser
 from nst_server.graphs import LossGraphs, SessionEvaluator
-from nst_server.job import Losses
-from nst_server.model import Evaluation
+from nst_server.model import Evaluation, WrappedEvaluator
 
 HISTORY = 10
 LEARNING_RATE = 0.02
@@ -69,24 +69,16 @@ def _evaluator(graphs: LossGraphs, side: int) -> SessionEvaluator:
     return evaluator
 
 
-class _CountedEvaluator:
-    """``evaluator`` with the thread CPU time spent in its calls counted (``run_cpu_s``)."""
+class _CountedEvaluator(WrappedEvaluator):
+    """``inner`` with the thread CPU time spent in its calls counted (``run_cpu_s``)."""
 
-    def __init__(self, evaluator: SessionEvaluator) -> None:
-        self._evaluator = evaluator
+    def __init__(self, inner: SessionEvaluator) -> None:
+        super().__init__(inner)
         self.run_cpu_s = 0.0
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return self._evaluator.shape
-
-    @property
-    def seconds(self) -> float:
-        return self._evaluator.seconds
 
     def __call__(self, image: npt.NDArray[np.floating]) -> Evaluation:
         start = time.thread_time()
-        result = self._evaluator(image)
+        result = self.inner(image)
         self.run_cpu_s += time.thread_time() - start
         return result
 

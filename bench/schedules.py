@@ -64,9 +64,9 @@ _CONSTANTS = {"ratio": "AUTO_RATIO", "coarsest": "AUTO_COARSEST_SIDE_PX", "growt
 
 def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]:
     """One in-process job under a variant; when its final-scale loss first reaches ``goal``."""
+    from nst.events import Optimizer, Progress, ScaleStarted
     from nst_server import pipeline
     from nst_server.errors import Cancelled
-    from nst_server.job import Optimizer, Progress, ScaleStarted
 
     name, _, rest = spec.partition(":")
     saved = {attr: getattr(pipeline, attr) for attr in [*_CONSTANTS.values(), "carry_inverse_hessian_scale"]}

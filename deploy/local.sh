@@ -56,14 +56,7 @@ echo "== starting nst-server (log: $log)"
 nst-server --model "$model_dir" --port 0 2>"$log" &
 server_pid=$!
 trap 'kill -TERM "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true' EXIT
-address=""
-for _ in $(seq 600); do
-    address="$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log")"
-    [[ -n "$address" ]] && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
-    sleep 0.1
-done
-[[ -n "$address" ]] || { echo "deploy/local.sh: the server did not start in 60 s; log: $log" >&2; exit 1; }
+address="$(bash deploy/server-address.sh "$log" "$server_pid")"
 
 echo "== stylizing ${images[0]} in the style of ${images[*]:1} via $address"
 mkdir -p "$(dirname "$out")"

@@ -26,7 +26,7 @@ echo "== ruff"
 ruff check .
 ruff format --check .
 
-echo "== mypy --strict (server/, client/, export/, protos/nst/v1/*.pyi; settings in pyproject.toml)"
+echo "== mypy --strict (server/, client/, export/, protos/nst/: events.py and the stubs; settings in pyproject.toml)"
 mypy
 
 echo "== API contract (buf)"

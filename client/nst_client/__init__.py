@@ -13,25 +13,29 @@ from __future__ import annotations
 
 import logging
 
-from ._client import StyleCall, StyleClient
-from ._types import (
+from nst.events import (
     Event,
+    ImageFormat,
     Losses,
+    Optimizer,
     Preview,
     Progress,
     Queued,
     Result,
     ScaleStarted,
-    ServerInfo,
     Started,
-    Style,
-    StyleTransferError,
-    StylizeOptions,
+    StopReason,
+    Timings,
 )
+
+from ._client import StyleCall, StyleClient
+from ._types import ServerInfo, Style, StyleTransferError, StylizeOptions
 
 __all__ = [
     "Event",
+    "ImageFormat",
     "Losses",
+    "Optimizer",
     "Preview",
     "Progress",
     "Queued",
@@ -39,11 +43,13 @@ __all__ = [
     "ScaleStarted",
     "ServerInfo",
     "Started",
+    "StopReason",
     "Style",
     "StyleCall",
     "StyleClient",
     "StyleTransferError",
     "StylizeOptions",
+    "Timings",
 ]
 
 # A library logs, the application decides where to: without this, Python's last-resort handler would print our

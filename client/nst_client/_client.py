@@ -12,21 +12,14 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nst.events import Event, Result
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from PIL import Image
 
 from . import _convert
 from ._convert import StyleInput
-from ._types import (
-    Event,
-    HealthStatus,
-    ImageInput,
-    Result,
-    ServerInfo,
-    StyleTransferError,
-    StylizeOptions,
-)
+from ._types import HealthStatus, ImageInput, ServerInfo, StyleTransferError, StylizeOptions
 
 log = logging.getLogger(__name__)
 

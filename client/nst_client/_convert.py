@@ -12,38 +12,19 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
+from nst import events
 from nst.v1 import style_transfer_pb2 as pb
 from PIL import Image
 
-from ._types import (
-    Event,
-    ImageFormatName,
-    ImageInput,
-    Limits,
-    Losses,
-    ModelInfo,
-    OptimizerName,
-    Preview,
-    Progress,
-    Queued,
-    Result,
-    ScaleStarted,
-    ServerInfo,
-    Started,
-    StopReasonName,
-    Style,
-    StyleTransferError,
-    StylizeOptions,
-    Timings,
-)
+from ._types import ImageInput, Limits, ModelInfo, ServerInfo, Style, StyleTransferError, StylizeOptions
 
 _FIELDS = pb.StylizeOptions.DESCRIPTOR.fields_by_name
-_STOP_REASONS: dict[int, StopReasonName] = {pb.STOP_REASON_BUDGET: "budget", pb.STOP_REASON_CONVERGED: "converged"}
+_STOP_REASONS = {pb.STOP_REASON_BUDGET: events.StopReason.BUDGET, pb.STOP_REASON_CONVERGED: events.StopReason.CONVERGED}
 # Modes PNG stores as they are; anything else (CMYK, YCbCr, LAB, HSV, F, I;16...) goes through RGB.
 _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I"}
 
@@ -126,9 +107,9 @@ def enum_values(option: str) -> dict[str, int]:
     return {value.name.removeprefix(prefix).lower(): value.number for value in enum.values if value.number}
 
 
-# The enum's names are exactly the Literal types' values (tests/client/test_options.py checks it), hence the casts.
-_OPTIMIZER_NAMES = {number: cast(OptimizerName, name) for name, number in enum_values("optimizer").items()}
-_FORMAT_NAMES = {number: cast(ImageFormatName, name) for name, number in enum_values("output_format").items()}
+# The enums' names are exactly the values of the events' StrEnums (tests/client/test_options.py checks it).
+_OPTIMIZERS = {number: events.Optimizer(name) for name, number in enum_values("optimizer").items()}
+_FORMATS = {number: events.ImageFormat(name) for name, number in enum_values("output_format").items()}
 
 
 def _check_int(name: str, value: object) -> int:
@@ -219,31 +200,33 @@ def stylize_request(
     )
 
 
-def _losses(losses: pb.Losses) -> Losses:
-    return Losses(total=losses.total, content=losses.content, style=losses.style, tv=losses.tv)
+def _losses(losses: pb.Losses) -> events.Losses:
+    return events.Losses(total=losses.total, content=losses.content, style=losses.style, tv=losses.tv)
 
 
-def to_event(response: pb.StylizeResponse) -> Event | None:
+def to_event(response: pb.StylizeResponse) -> events.Event | None:
     """The event one stream message carries; None for an event kind this client does not know (a newer server)."""
     kind = response.WhichOneof("event")
     if kind == "queued":
-        return Queued(job_id=response.queued.job_id, position=response.queued.position)
+        return events.Queued(job_id=response.queued.job_id, position=response.queued.position)
     if kind == "started":
         s = response.started
-        optimizer = _OPTIMIZER_NAMES.get(s.optimizer, "lbfgs")
-        return Started(s.job_id, s.model, s.width, s.height, s.max_evaluations, optimizer, s.device, s.scales or 1)
+        optimizer = _OPTIMIZERS.get(s.optimizer, events.Optimizer.LBFGS)
+        return events.Started(
+            s.job_id, s.model, s.width, s.height, s.max_evaluations, optimizer, s.device, s.scales or 1
+        )
     if kind == "scale_started":
         c = response.scale_started
-        return ScaleStarted(c.scale, c.scales, c.width, c.height, c.max_evaluations)
+        return events.ScaleStarted(c.scale, c.scales, c.width, c.height, c.max_evaluations)
     if kind == "progress":
         p = response.progress
-        return Progress(p.iteration, p.evaluations, _losses(p.losses), p.elapsed_s)
+        return events.Progress(p.iteration, p.evaluations, _losses(p.losses), p.elapsed_s)
     if kind == "preview":
-        return Preview(response.preview.iteration, response.preview.image, _format(response.preview.format))
+        return events.Preview(response.preview.iteration, response.preview.image, _format(response.preview.format))
     if kind == "result":
         r, t = response.result, response.result.timings
-        timings = Timings(t.queued_s, t.warmup_s, t.optimise_s, t.total_s, t.evaluate_s, t.step_s, t.host_s)
-        return Result(
+        timings = events.Timings(t.queued_s, t.warmup_s, t.optimise_s, t.total_s, t.evaluate_s, t.step_s, t.host_s)
+        return events.Result(
             r.image,
             _format(r.format),
             r.width,
@@ -252,14 +235,15 @@ def to_event(response: pb.StylizeResponse) -> Event | None:
             r.iterations,
             r.evaluations,
             timings,
-            _STOP_REASONS.get(r.stop_reason, "unspecified"),
+            _STOP_REASONS.get(r.stop_reason, events.StopReason.UNSPECIFIED),
             r.full_size_evaluations,
         )
     return None
 
 
-def _format(value: int) -> ImageFormatName:
-    return _FORMAT_NAMES.get(value, "png")  # the contract says "resolved: never unspecified"; PNG is its default
+def _format(value: int) -> events.ImageFormat:
+    # The contract says "resolved: never unspecified"; PNG is its default.
+    return _FORMATS.get(value, events.ImageFormat.PNG)
 
 
 def _model_info(m: pb.ModelInfo) -> ModelInfo:

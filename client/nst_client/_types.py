@@ -1,11 +1,11 @@
-"""The library's values: events of a job, what the server runs, and the one error type.
+"""The library's values: its options, style images, what the server runs, and the one error type.
 
-Plain frozen dataclasses, so that callers never handle generated protobuf types.
+Plain frozen dataclasses, so that callers never handle generated protobuf types. The events of a job are
+``nst.events``', the same values the server emits; the package re-exports them.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +22,6 @@ OptimizerName = Literal["lbfgs", "adam"]
 InitName = Literal["content", "gray", "noise", "image"]
 ColourPreservationName = Literal["none", "luminance", "histogram"]
 ImageFormatName = Literal["png", "jpeg", "webp"]
-StopReasonName = Literal["budget", "converged", "unspecified"]
 HealthStatus = Literal["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]
 
 
@@ -45,116 +44,6 @@ class StyleTransferError(Exception):
 
     def __repr__(self) -> str:
         return f"StyleTransferError({self.message!r}, {self.code})"
-
-
-@dataclass(frozen=True, slots=True)
-class Losses:
-    """Loss values of one image: the terms unweighted, ``total`` weighted."""
-
-    total: float
-    content: float
-    style: float
-    tv: float
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    """The job waits for a free slot; ``position`` 1 is next."""
-
-    job_id: str
-    position: int
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """The job got a slot; the values are the resolved ones (never "server default")."""
-
-    job_id: str
-    model: str
-    width: int
-    height: int
-    max_evaluations: int
-    optimizer: OptimizerName
-    device: str
-    scales: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleStarted:
-    """One scale of a coarse-to-fine run began: ``scale`` counts from 1 (coarsest) to ``scales`` (output size)."""
-
-    scale: int
-    scales: int
-    width: int
-    height: int
-    max_evaluations: int
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """One optimiser iteration finished (``iteration`` counts from 1)."""
-
-    iteration: int
-    evaluations: int
-    losses: Losses
-    elapsed_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Preview:
-    """The current image, mid-optimisation, encoded as ``format``."""
-
-    iteration: int
-    image: bytes
-    format: ImageFormatName
-
-    def to_image(self) -> Image.Image:
-        """The decoded image.
-
-        Raises:
-            PIL.UnidentifiedImageError: the bytes are not an image (a server bug).
-        """
-        return _decode(self.image)
-
-
-@dataclass(frozen=True, slots=True)
-class Timings:
-    """Where a job's time went, in seconds."""
-
-    queued_s: float
-    warmup_s: float
-    optimise_s: float
-    total_s: float
-    evaluate_s: float  # the part of optimise_s inside the model's runs of the loss graph
-    step_s: float = 0.0  # the part inside the optimiser's step graphs on the device
-    host_s: float = 0.0  # the rest of optimise_s: the server's Python-side work
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """The final image, encoded as ``format``, and how it was reached."""
-
-    image: bytes
-    format: ImageFormatName
-    width: int
-    height: int
-    losses: Losses
-    iterations: int
-    evaluations: int  # at every scale, each counted once
-    timings: Timings
-    stop_reason: StopReasonName = "unspecified"  # why the last scale ended; "unspecified" from older servers
-    full_size_evaluations: float = 0.0  # evaluations weighted by pixel count: what max_evaluations budgets
-
-    def to_image(self) -> Image.Image:
-        """The decoded image.
-
-        Raises:
-            PIL.UnidentifiedImageError: the bytes are not an image (a server bug).
-        """
-        return _decode(self.image)
-
-
-Event = Queued | Started | ScaleStarted | Progress | Preview | Result
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,9 +142,3 @@ class StylizeOptions:
     tileable: bool | None = None  # True: circular padding, the output tiles without a seam (False)
     # A greyscale image at the output's aspect ratio, white where no style applies and the photo is kept (none)
     content_only_mask: ImageInput | None = None
-
-
-def _decode(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()  # decode now, while the bytes are at hand, rather than lazily on first pixel access
-    return image

@@ -13,20 +13,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
+from nst.events import Event, Preview, Progress, Queued, Result, ScaleStarted, Started
 
 from ._client import SERVICE_NAME, StyleClient
-from ._types import (
-    Event,
-    Preview,
-    Progress,
-    Queued,
-    Result,
-    ScaleStarted,
-    Started,
-    Style,
-    StyleTransferError,
-    StylizeOptions,
-)
+from ._types import Style, StyleTransferError, StylizeOptions
 
 DEFAULT_SERVER = "localhost:50051"
 _INFO_TIMEOUT_S = 10.0  # info and health are quick questions: do not hang on a dead server without --timeout

@@ -42,17 +42,9 @@ for entry in "${models[@]}"; do
     fi
 done
 log="$work/server.log"
-: >"$log"  # exists before the server opens it, for the sed below
 nice -n 19 nst-server "${served[@]}" --port 0 2>"$log" &
 server_pid=$!
-address=""
-for _ in $(seq 600); do
-    address="$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log")"
-    [[ -n "$address" ]] && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
-    sleep 0.1
-done
-[[ -n "$address" ]] || { echo "make.sh: the server did not start; log: $log" >&2; exit 1; }
+address="$(bash "$repo_root/deploy/server-address.sh" "$log" "$server_pid")"
 export NST_SERVER="$address"
 
 cd "$work"

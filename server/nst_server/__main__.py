@@ -33,6 +33,10 @@ _LIMIT_FLAGS = {
 _SECONDS_FLAGS = {  # ServerConfig field: (flag, what it times)
     "drain_s": ("--drain", "seconds NOT_SERVING before closing"),
     "grace_s": ("--grace", "seconds for running jobs on shutdown"),
+    "max_connection_age_s": (
+        "--max-connection-age",
+        "seconds before a client connection is asked to reconnect, running calls unaffected; 0 = never",
+    ),
 }
 
 
@@ -102,13 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for dest, (flag, what) in _SECONDS_FLAGS.items():
         parser.add_argument(flag, dest=dest, type=float, default=getattr(d, dest), help=f"{what} (default %(default)g)")
-    parser.add_argument(
-        "--max-connection-age",
-        dest="max_connection_age_s",
-        type=float,
-        default=d.max_connection_age_s,
-        help="seconds before a client connection is asked to reconnect, running calls unaffected (default: never)",
-    )
     parser.add_argument(
         "--metrics-port",
         type=int,

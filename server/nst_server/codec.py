@@ -10,41 +10,22 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from nst import events
 from nst.v1 import style_transfer_pb2 as pb
 
 from . import images, spatial
 from .config import ServerConfig
 from .errors import InvalidRequest, untiled_only
-from .job import (
-    ColourPreservation,
-    Event,
-    FloatArray,
-    ImageFormat,
-    Init,
-    Job,
-    Losses,
-    Optimizer,
-    Options,
-    Preview,
-    Progress,
-    Queued,
-    Result,
-    ScaleStarted,
-    Started,
-    StopReason,
-    Style,
-    default_init,
-    scale_sizes,
-)
+from .job import ColourPreservation, FloatArray, Init, Job, Options, Style, default_init, scale_sizes
 from .manifest import LossWeights, Manifest
 from .model import LossModel
 
 T = TypeVar("T")
 
-_OPTIMIZERS: dict[int, Optimizer] = {
-    pb.OPTIMIZER_UNSPECIFIED: Optimizer.LBFGS,
-    pb.OPTIMIZER_LBFGS: Optimizer.LBFGS,
-    pb.OPTIMIZER_ADAM: Optimizer.ADAM,
+_OPTIMIZERS: dict[int, events.Optimizer] = {
+    pb.OPTIMIZER_UNSPECIFIED: events.Optimizer.LBFGS,
+    pb.OPTIMIZER_LBFGS: events.Optimizer.LBFGS,
+    pb.OPTIMIZER_ADAM: events.Optimizer.ADAM,
 }
 _INITS: dict[int, Init | None] = {
     pb.INIT_UNSPECIFIED: None,  # job.default_init decides, from the images the request has
@@ -53,11 +34,11 @@ _INITS: dict[int, Init | None] = {
     pb.INIT_NOISE: Init.NOISE,
     pb.INIT_IMAGE: Init.IMAGE,
 }
-_FORMATS: dict[int, ImageFormat] = {
-    pb.IMAGE_FORMAT_UNSPECIFIED: ImageFormat.PNG,
-    pb.IMAGE_FORMAT_PNG: ImageFormat.PNG,
-    pb.IMAGE_FORMAT_JPEG: ImageFormat.JPEG,
-    pb.IMAGE_FORMAT_WEBP: ImageFormat.WEBP,
+_FORMATS: dict[int, events.ImageFormat] = {
+    pb.IMAGE_FORMAT_UNSPECIFIED: events.ImageFormat.PNG,
+    pb.IMAGE_FORMAT_PNG: events.ImageFormat.PNG,
+    pb.IMAGE_FORMAT_JPEG: events.ImageFormat.JPEG,
+    pb.IMAGE_FORMAT_WEBP: events.ImageFormat.WEBP,
 }
 _COLOUR: dict[int, ColourPreservation] = {
     pb.COLOUR_PRESERVATION_UNSPECIFIED: ColourPreservation.NONE,
@@ -66,12 +47,16 @@ _COLOUR: dict[int, ColourPreservation] = {
     pb.COLOUR_PRESERVATION_HISTOGRAM: ColourPreservation.HISTOGRAM,
 }
 _FORMAT_TO_PB = {
-    ImageFormat.PNG: pb.IMAGE_FORMAT_PNG,
-    ImageFormat.JPEG: pb.IMAGE_FORMAT_JPEG,
-    ImageFormat.WEBP: pb.IMAGE_FORMAT_WEBP,
+    events.ImageFormat.PNG: pb.IMAGE_FORMAT_PNG,
+    events.ImageFormat.JPEG: pb.IMAGE_FORMAT_JPEG,
+    events.ImageFormat.WEBP: pb.IMAGE_FORMAT_WEBP,
 }
-_OPTIMIZER_TO_PB = {Optimizer.LBFGS: pb.OPTIMIZER_LBFGS, Optimizer.ADAM: pb.OPTIMIZER_ADAM}
-_STOP_REASON_TO_PB = {StopReason.BUDGET: pb.STOP_REASON_BUDGET, StopReason.CONVERGED: pb.STOP_REASON_CONVERGED}
+_OPTIMIZER_TO_PB = {events.Optimizer.LBFGS: pb.OPTIMIZER_LBFGS, events.Optimizer.ADAM: pb.OPTIMIZER_ADAM}
+_STOP_REASON_TO_PB = {
+    events.StopReason.BUDGET: pb.STOP_REASON_BUDGET,
+    events.StopReason.CONVERGED: pb.STOP_REASON_CONVERGED,
+    events.StopReason.UNSPECIFIED: pb.STOP_REASON_UNSPECIFIED,  # never emitted: the pipeline knows why it stopped
+}
 MAX_LBFGS_HISTORY = 100
 MAX_SCALES = 8
 MAX_STYLE_SCALE = 4.0
@@ -369,36 +354,36 @@ def job_from_request(request: pb.StylizeRequest, job_id: str, models: Sequence[L
     return job
 
 
-def _losses(losses: Losses) -> pb.Losses:
+def _losses(losses: events.Losses) -> pb.Losses:
     return pb.Losses(total=losses.total, content=losses.content, style=losses.style, tv=losses.tv)
 
 
-def to_response(event: Event) -> pb.StylizeResponse:
+def to_response(event: events.Event) -> pb.StylizeResponse:
     """One stream message for one domain event."""
     match event:
-        case Queued():
+        case events.Queued():
             return pb.StylizeResponse(queued=pb.JobQueued(job_id=event.job_id, position=event.position))
-        case Started():
+        case events.Started():
             return pb.StylizeResponse(started=pb.JobStarted(
                 job_id=event.job_id, model=event.model, width=event.width, height=event.height,
                 max_evaluations=event.max_evaluations, optimizer=_OPTIMIZER_TO_PB[event.optimizer], device=event.device,
                 scales=event.scales,
             ))  # fmt: skip
-        case ScaleStarted():
+        case events.ScaleStarted():
             return pb.StylizeResponse(scale_started=pb.ScaleStarted(
                 scale=event.scale, scales=event.scales, width=event.width, height=event.height,
                 max_evaluations=event.max_evaluations,
             ))  # fmt: skip
-        case Progress():
+        case events.Progress():
             return pb.StylizeResponse(progress=pb.Progress(
                 iteration=event.iteration, evaluations=event.evaluations, losses=_losses(event.losses),
                 elapsed_s=event.elapsed_s,
             ))  # fmt: skip
-        case Preview():
+        case events.Preview():
             return pb.StylizeResponse(
                 preview=pb.Preview(iteration=event.iteration, image=event.image, format=_FORMAT_TO_PB[event.format])
             )
-        case Result():
+        case events.Result():
             t = event.timings
             return pb.StylizeResponse(result=pb.Result(
                 image=event.image, format=_FORMAT_TO_PB[event.format], width=event.width, height=event.height,

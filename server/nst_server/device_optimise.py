@@ -24,11 +24,11 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
+from nst.events import Losses, StopReason
 
 from . import manifest as mf
 from . import step_graphs
 from .errors import Cancelled
-from .job import Losses
 from .optimise import (
     ARMIJO,
     CURVATURE_EPSILON,
@@ -37,7 +37,6 @@ from .optimise import (
     Outcome,
     Run,
     Step,
-    StopReason,
     adam_schedule,
 )
 

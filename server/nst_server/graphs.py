@@ -9,19 +9,19 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from nst.events import Optimizer
 
 from . import manifest as mf
 from .config import Device, Placement
 from .errors import untiled_only
-from .job import FloatArray, Optimizer, Options
-from .model import Evaluation, Evaluator, Regions
+from .job import FloatArray, Options
+from .model import Evaluation, Evaluator, Regions, ShouldStop, Targets, never_stop
 from .optimise import HostOptimiser, Optimiser
 from .targets import layer_weights
 
@@ -382,8 +382,8 @@ class LossGraphs:
         image: FloatArray,
         guide: FloatArray | None = None,
         circular: bool = False,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> dict[str, FloatArray]:
+        should_stop: ShouldStop = never_stop,
+    ) -> Targets:
         """Content features and (guided) Gram matrices of ``image``, keyed by the loss graph's input names.
 
         ``guide`` (H, W) in [0, 1] selects the part of the image whose Gram matrices count; default all of it.
@@ -402,13 +402,13 @@ class LossGraphs:
     def evaluator(
         self,
         shape: tuple[int, int],
-        targets: dict[str, FloatArray],
+        targets: Targets,
         loss_weights: mf.LossWeights,
         content_layer_weights: tuple[float, ...] | None = None,
         style_layer_weights: tuple[float, ...] | None = None,
         regions: Regions | None = None,
         circular: bool = False,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: ShouldStop = never_stop,
     ) -> SessionEvaluator | TiledEvaluator:
         """An evaluator at ``shape`` (height, width) with everything but the image bound once.
 

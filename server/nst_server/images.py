@@ -10,10 +10,11 @@ import io
 import warnings
 
 import numpy as np
+from nst.events import ImageFormat
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidRequest
-from .job import FloatArray, ImageFormat
+from .job import FloatArray
 
 _PIL_FORMATS = {ImageFormat.PNG: "PNG", ImageFormat.JPEG: "JPEG", ImageFormat.WEBP: "WEBP"}
 # The formats photos and paintings come in (Pillow's JPEG opener also takes a phone's multi-picture MPO). Pillow

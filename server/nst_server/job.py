@@ -1,26 +1,23 @@
-"""The domain of one stylisation job: its options (the one home of defaults) and the events it emits.
+"""The domain of one stylisation job: its options (the one home of defaults) and its validated inputs.
 
-Nothing here knows about protobuf or gRPC; ``codec`` translates.
+The events a job emits are ``nst.events``', which the client library shares. Nothing here knows about protobuf
+or gRPC; ``codec`` translates.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from nst.events import ImageFormat, Optimizer
 
 from .manifest import LossWeights
 
 FloatArray = npt.NDArray[np.float32]
 SCALE_RATIO = math.sqrt(2)  # between the sizes of consecutive scales of a coarse-to-fine run
-
-
-class Optimizer(enum.Enum):
-    LBFGS = "lbfgs"
-    ADAM = "adam"
 
 
 class Init(enum.Enum):
@@ -34,12 +31,6 @@ class ColourPreservation(enum.Enum):
     NONE = "none"
     LUMINANCE = "luminance"  # style from the styles' luminance; chroma from the content
     HISTOGRAM = "histogram"  # styles' colours mapped to the content's mean and covariance
-
-
-class ImageFormat(enum.Enum):
-    PNG = "png"
-    JPEG = "jpeg"
-    WEBP = "webp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,86 +95,3 @@ class Job:
     options: Options
     init_image: FloatArray | None = None  # at the output's size, for Init.IMAGE
     content_only: FloatArray | None = None  # (H, W) in [0, 1] at the output's size: where no style applies
-
-
-@dataclass(frozen=True, slots=True)
-class Losses:
-    total: float
-    content: float
-    style: float
-    tv: float
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    job_id: str
-    position: int  # 1 = next to start
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    job_id: str
-    model: str
-    width: int
-    height: int
-    max_evaluations: int
-    optimizer: Optimizer
-    device: str
-    scales: int
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleStarted:
-    scale: int  # 1 = coarsest
-    scales: int
-    width: int
-    height: int
-    max_evaluations: int
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    iteration: int
-    evaluations: int
-    losses: Losses
-    elapsed_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Preview:
-    iteration: int
-    image: bytes
-    format: ImageFormat
-
-
-@dataclass(frozen=True, slots=True)
-class Timings:
-    queued_s: float = 0.0
-    warmup_s: float = 0.0
-    optimise_s: float = 0.0
-    total_s: float = 0.0
-    evaluate_s: float = 0.0  # the part of optimise_s inside the model's runs of the loss graph
-    step_s: float = 0.0  # the part inside the step graphs' runs (device placement)
-    host_s: float = 0.0  # the rest of optimise_s: the server's Python-side work
-
-
-class StopReason(enum.Enum):
-    BUDGET = "budget"  # max_evaluations spent
-    CONVERGED = "converged"  # min_improvement met, or no step lowered the loss further
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    image: bytes
-    format: ImageFormat
-    width: int
-    height: int
-    losses: Losses
-    iterations: int
-    evaluations: int  # at every scale, each counted once whatever its size
-    timings: Timings = field(default_factory=Timings)
-    stop_reason: StopReason = StopReason.BUDGET  # why the last scale ended
-    full_size_evaluations: float = 0.0  # evaluations weighted by their pixel count relative to the output
-
-
-Event = Queued | Started | ScaleStarted | Progress | Preview | Result

@@ -10,13 +10,13 @@ from collections.abc import Iterator, Sequence
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+from nst.events import Event, Progress
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .admission import Admission
-from .job import Event, Progress
 from .model import LossModel
 
 # From a small image on a GPU (milliseconds) to a large one on a CPU (seconds per iteration, many minutes a job).

@@ -13,12 +13,23 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+from nst.events import Optimizer
 
-from .job import FloatArray, Optimizer
+from .job import FloatArray
 from .manifest import LossWeights, Manifest
 
 if TYPE_CHECKING:
     from .optimise import Optimiser
+
+# Content features and (guided) Gram matrices of the targets, keyed by the loss graph's input names.
+Targets = dict[str, FloatArray]
+# Polled between units of work (evaluations, tiles): True once the job is cancelled.
+ShouldStop = Callable[[], bool]
+
+
+def never_stop() -> bool:
+    """The default ``ShouldStop``: nothing cancels the work."""
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +76,24 @@ class Evaluator(Protocol):
     def __call__(self, image: npt.NDArray[np.floating]) -> Evaluation: ...
 
 
+class WrappedEvaluator:
+    """Base of an evaluator built around another, ``inner``: the same image shape, and the seconds spent in it.
+
+    A subclass defines ``__call__``, which calls ``inner``.
+    """
+
+    def __init__(self, inner: Evaluator) -> None:
+        self.inner = inner
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self.inner.shape
+
+    @property
+    def seconds(self) -> float:
+        return self.inner.seconds
+
+
 class LossModel(Protocol):
     """One loaded model: its manifest, its targets, and evaluators bound to a job's targets at a size."""
 
@@ -87,8 +116,8 @@ class LossModel(Protocol):
         image: FloatArray,
         guide: FloatArray | None = None,
         circular: bool = False,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> dict[str, FloatArray]:
+        should_stop: ShouldStop = never_stop,
+    ) -> Targets:
         """Content features and (guided) Gram matrices of ``image``, keyed by the loss graph's input names.
 
         Large images are computed in tiles, which check ``should_stop`` between them.
@@ -98,13 +127,13 @@ class LossModel(Protocol):
     def evaluator(
         self,
         shape: tuple[int, int],
-        targets: dict[str, FloatArray],
+        targets: Targets,
         loss_weights: LossWeights,
         content_layer_weights: tuple[float, ...] | None = None,
         style_layer_weights: tuple[float, ...] | None = None,
         regions: Regions | None = None,
         circular: bool = False,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: ShouldStop = never_stop,
     ) -> Evaluator:
         """An evaluator at ``shape`` (height, width) with everything but the image bound once.
 

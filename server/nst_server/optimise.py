@@ -8,7 +8,6 @@ says the loss has stopped falling, and say in ``Outcome.reason`` why they stoppe
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,11 +15,11 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+from nst.events import Losses, StopReason
 from scipy.linalg.blas import saxpy, sdot
 
 from .errors import Cancelled
-from .job import Losses
-from .model import Evaluation, Evaluator
+from .model import Evaluation, Evaluator, ShouldStop, never_stop
 
 Objective = Callable[[npt.NDArray[np.floating]], Evaluation]
 
@@ -44,11 +43,6 @@ class Step:
 
 def _held(array: npt.NDArray[np.floating]) -> Callable[[], npt.NDArray[np.floating]]:
     return lambda: array
-
-
-class StopReason(enum.Enum):
-    BUDGET = "budget"  # the evaluations ran out
-    CONVERGED = "converged"  # the loss stopped falling: a Plateau, or no step along the direction lowers it
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +89,6 @@ def _unwatched(_: Step) -> None:
     """The default ``on_step``: nobody is told."""
 
 
-def _uncancelled() -> bool:
-    """The default ``should_stop``: nothing cancels the run."""
-    return False
-
-
 @dataclass(frozen=True, slots=True)
 class Run:
     """One optimisation run, whichever the optimiser and wherever its step runs: one scale of a job.
@@ -111,7 +100,7 @@ class Run:
     x0: npt.NDArray[np.float32]
     budget: int
     on_step: Callable[[Step], None] = _unwatched
-    should_stop: Callable[[], bool] = _uncancelled
+    should_stop: ShouldStop = never_stop
     converged: Callable[[float], bool] = never
 
 

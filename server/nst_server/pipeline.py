@@ -8,26 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from nst.events import Event, Optimizer, Preview, Progress, Result, ScaleStarted, Started, Timings
 
 from . import colour, images, optimise, spatial
-from .job import (
-    ColourPreservation,
-    Event,
-    FloatArray,
-    Init,
-    Job,
-    Optimizer,
-    Options,
-    Preview,
-    Progress,
-    Result,
-    ScaleStarted,
-    Started,
-    StopReason,
-    Timings,
-    scale_sizes,
-)
-from .model import Evaluator, LossModel
+from .job import ColourPreservation, FloatArray, Init, Job, Options, scale_sizes
+from .model import Evaluator, LossModel, ShouldStop
 from .targets import job_targets, layer_weights
 
 GRAY = 0.5  # the flat start image of Init.GRAY
@@ -145,7 +130,7 @@ def _prepare_scale(
     job: Job,
     styles: tuple[FloatArray, ...],
     canvas: FloatArray,
-    should_stop: Callable[[], bool],
+    should_stop: ShouldStop,
 ) -> _Scale:
     """Targets at the canvas's size; the canvas stands in for a missing photo or style, whose weights are 0.
 
@@ -217,7 +202,7 @@ def _reporter(
 
 def _optimise(
     job: Job, optimiser: optimise.Optimiser, canvas: FloatArray, budget: int,
-    on_step: Callable[[optimise.Step], None], should_stop: Callable[[], bool], inverse_hessian_scale: float | None,
+    on_step: Callable[[optimise.Step], None], should_stop: ShouldStop, inverse_hessian_scale: float | None,
 ) -> optimise.Outcome:  # fmt: skip
     options = job.options
     converged = optimise.Plateau(options.min_improvement, MIN_IMPROVEMENT_WINDOW)
@@ -231,7 +216,7 @@ def stylize(
     job: Job,
     graphs: LossModel,
     emit: Callable[[Event], None],
-    should_stop: Callable[[], bool],
+    should_stop: ShouldStop,
     queued_s: float = 0.0,
 ) -> Result:
     """Run ``job`` to the end, emitting Started, then per scale ScaleStarted, Progress and Preview, last Result."""
@@ -276,7 +261,7 @@ def stylize(
     )
     result = Result(
         image, options.output_format, *job.size, outcome.losses, iterations, evaluations, timings,
-        StopReason(outcome.reason.value), full_size_evaluations,
+        outcome.reason, full_size_evaluations,
     )  # fmt: skip
     emit(result)
     return result

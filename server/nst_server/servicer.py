@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from nst.events import Event, Progress, Queued, Result
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
@@ -19,7 +20,7 @@ from . import codec, pipeline
 from .admission import Admission, Reservation
 from .config import ServerConfig
 from .errors import Cancelled, InternalError, InvalidRequest, JobError, Overloaded, ShuttingDown
-from .job import Event, Job, Progress, Queued, Result
+from .job import Job
 from .metrics import Metrics
 from .model import LossModel
 

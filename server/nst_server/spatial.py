@@ -32,7 +32,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from .job import FloatArray, Job
-from .model import Evaluation, Evaluator, Regions
+from .model import Evaluation, Evaluator, Regions, WrappedEvaluator
 
 MAX_REGIONS = 4  # masked styles per job: each adds a guide and its Gram targets to every evaluation
 OVERLAP_TOLERANCE = 0.04  # masks may add up to 1 + this at a pixel (8-bit rounding, lossy formats)
@@ -90,27 +90,19 @@ def source_guides(job: Job, styles: Sequence[FloatArray]) -> list[FloatArray | N
     ]
 
 
-class Pinned:
+class Pinned(WrappedEvaluator):
     """An ``Evaluator`` over y for the image x = C p + (1 - C) y: the content-only region C held at the photo p.
 
     Returns L(x) and (1 - C) dL/dx, the gradient with respect to y, in its own buffer.
     """
 
     def __init__(self, evaluate: Evaluator, photo: FloatArray, held: FloatArray) -> None:
-        self._evaluate = evaluate
+        super().__init__(evaluate)
         held4 = held.reshape(1, 1, *held.shape)
         self._photo_part = (held4 * photo).astype(np.float32)
         self._free = (1.0 - held4).astype(np.float32)
         self._image = np.zeros(evaluate.shape, np.float32)
         self._grad = np.zeros(evaluate.shape, np.float32)
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return self._evaluate.shape
-
-    @property
-    def seconds(self) -> float:
-        return self._evaluate.seconds
 
     def image(self, y: npt.NDArray[np.floating]) -> FloatArray:
         """x = C p + (1 - C) y, a new array."""
@@ -121,6 +113,6 @@ class Pinned:
         """Evaluate at y = ``image`` (the optimiser's variable)."""
         np.multiply(self._free, image.reshape(self.shape), out=self._image, casting="same_kind")
         self._image += self._photo_part
-        evaluation = self._evaluate(self._image)
+        evaluation = self.inner(self._image)
         np.multiply(evaluation.grad, self._free, out=self._grad)
         return dataclasses.replace(evaluation, grad=self._grad)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from .job import FloatArray, Options
 from .manifest import Manifest, content_target_name, gram_target_name
-from .model import LossModel
+from .model import LossModel, ShouldStop, Targets, never_stop
 
 
 def job_targets(
@@ -16,12 +16,12 @@ def job_targets(
     content: FloatArray,
     styles: Sequence[FloatArray],
     blend: Sequence[float] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop = never_stop,
     *,
     source_guides: Sequence[FloatArray | None] | None = None,
     per_style: bool = False,
     circular: bool = False,
-) -> dict[str, FloatArray]:
+) -> Targets:
     """Loss-graph inputs for one job: F_l(p) per content layer, sum_k b_k G_l(a_k) per style layer.
 
     ``blend`` weights the styles (default equal); they are normalised to sum to 1. Tiled targets (large images)

@@ -17,7 +17,7 @@ convention: float32, NCHW, batch 1, RGB in [0, 1].
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from . import manifest as mf
 from .errors import Cancelled
-from .model import Evaluation
+from .model import Evaluation, ShouldStop, Targets, never_stop
 
 FloatArray = npt.NDArray[np.float32]
 Box = tuple[int, int, int, int]  # top, left, bottom, right in image pixels, bottom/right exclusive
@@ -116,22 +116,22 @@ class TileGraphs:
         return plan(height, width, self.tile_px, self.halo_px, self.align_px)
 
     def forward_tiles(
-        self, image: npt.NDArray[np.floating], should_stop: Callable[[], bool] | None = None
+        self, image: npt.NDArray[np.floating], should_stop: ShouldStop = never_stop
     ) -> Iterator[tuple[Tile, dict[str, FloatArray]]]:
         """Each tile of ``image`` with its forward graph's outputs."""
         height, width = image.shape[2:]
         names = [output.name for output in self.forward.get_outputs()]
         for tile in self.plan(height, width):
-            if should_stop is not None and should_stop():
+            if should_stop():
                 raise Cancelled("job cancelled")
             feeds = {mf.IMAGE_INPUT: tile.crop(image), mf.TILE_INNER_INPUT: tile.inner_in_tile}
             yield tile, dict(zip(names, self.forward.run(names, feeds), strict=True))
 
-    def targets(self, image: FloatArray, should_stop: Callable[[], bool] | None = None) -> dict[str, FloatArray]:
+    def targets(self, image: FloatArray, should_stop: ShouldStop = never_stop) -> Targets:
         """What the targets graph gives for ``image``, tile by tile: content features and Gram matrices."""
         height, width = image.shape[2:]
         strides = _strides(self.manifest)
-        content: dict[str, FloatArray] = {}
+        content: Targets = {}
         sums: dict[str, npt.NDArray[np.float64]] = {}
         for tile, out in self.forward_tiles(image, should_stop):
             for layer in self.manifest.content_layers:
@@ -160,11 +160,11 @@ class TiledEvaluator:
         self,
         graphs: TileGraphs,
         shape: tuple[int, int],
-        targets: dict[str, FloatArray],
+        targets: Targets,
         loss_weights: mf.LossWeights,
         content_layer_weights: tuple[float, ...],
         style_layer_weights: tuple[float, ...],
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: ShouldStop = never_stop,
     ) -> None:
         self._graphs = graphs
         manifest = graphs.manifest
@@ -197,7 +197,7 @@ class TiledEvaluator:
         return len(self._tiles)
 
     def _check(self) -> None:
-        if self._should_stop is not None and self._should_stop():
+        if self._should_stop():
             raise Cancelled("job cancelled")
 
     def __call__(self, image: npt.NDArray[np.floating]) -> Evaluation:

@@ -8,7 +8,7 @@ texture has no seam, and a job without masks gives exactly the plain (pre-spatia
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -27,7 +27,7 @@ from nst_server.colour import to_ycbcr
 from nst_server.config import ServerConfig
 from nst_server.graphs import LossGraphs, SessionEvaluator, _session_options
 from nst_server.job import FloatArray
-from nst_server.model import Evaluator, Regions
+from nst_server.model import Evaluator, Regions, ShouldStop, Targets, never_stop
 from nst_server.optimise import HostOptimiser
 from nst_server.targets import layer_weights
 from nst_server.testing import InProcessServer, running_server
@@ -205,16 +205,16 @@ class _PlainGraphs:
         )
 
     def targets(self, image: FloatArray, guide: FloatArray | None = None, circular: bool = False,
-                should_stop: Callable[[], bool] | None = None) -> dict[str, FloatArray]:  # fmt: skip
+                should_stop: ShouldStop = never_stop) -> Targets:  # fmt: skip
         assert guide is None
         assert not circular
         names = [output.name for output in self._targets.get_outputs()]
         return dict(zip(names, self._targets.run(names, {mf.IMAGE_INPUT: image}), strict=True))
 
-    def evaluator(self, shape: tuple[int, int], targets: dict[str, FloatArray], loss_weights: mf.LossWeights,
+    def evaluator(self, shape: tuple[int, int], targets: Targets, loss_weights: mf.LossWeights,
                   content_layer_weights: tuple[float, ...] | None = None,
                   style_layer_weights: tuple[float, ...] | None = None, regions: Regions | None = None,
-                  circular: bool = False, should_stop: Callable[[], bool] | None = None,
+                  circular: bool = False, should_stop: ShouldStop = never_stop,
                   ) -> SessionEvaluator:  # fmt: skip
         assert regions is None
         assert not circular

@@ -10,11 +10,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
+from nst.events import ImageFormat, Optimizer
 from nst.v1 import style_transfer_pb2 as pb
 from nst_server import codec
 from nst_server.config import Limits, ServerConfig
 from nst_server.errors import InvalidRequest
-from nst_server.job import ColourPreservation, ImageFormat, Init, Job, Optimizer, scale_sizes
+from nst_server.job import ColourPreservation, Init, Job, scale_sizes
 from nst_server.manifest import Manifest
 
 from tests.images import png
@@ -195,7 +196,7 @@ def test_the_scale_check_uses_the_pipelines_sizes() -> None:
 
 
 def test_events_become_their_stream_messages() -> None:
-    from nst_server.job import Losses, Progress, Queued, Result, Timings
+    from nst.events import Losses, Progress, Queued, Result, Timings
 
     losses = Losses(4.0, 1.0, 2.0, 1.0)
     assert codec.to_response(Queued("j", 2)).queued.position == 2

@@ -18,12 +18,13 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import pytest
+from nst.events import Event, Optimizer, Preview, StopReason
 from nst_server import optimise, pipeline, step_graphs
 from nst_server.__main__ import main
 from nst_server.device_optimise import DeviceOptimiser
 from nst_server.errors import Cancelled
 from nst_server.graphs import AUTO_PLACEMENT, LossGraphs, SessionEvaluator
-from nst_server.job import Event, FloatArray, Job, Optimizer, Options, Preview, Style
+from nst_server.job import FloatArray, Job, Options, Style
 from nst_server.testing import config_from_flags, load_model
 
 ITERATIONS = 50
@@ -146,7 +147,7 @@ def test_device_stop_reasons_and_cancellation(graphs: LossGraphs, method: str) -
     # A loose threshold: stops after a few iterations.
     host_outcome, _ = _run(host, method, start, converged=optimise.Plateau(0.5, 2))
     device_outcome, _ = _run(device, method, start, converged=optimise.Plateau(0.5, 2))
-    assert host_outcome.reason is optimise.StopReason.CONVERGED
+    assert host_outcome.reason is StopReason.CONVERGED
     assert (device_outcome.reason, device_outcome.iterations) == (host_outcome.reason, host_outcome.iterations)
     calls = 0
 

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from nst.events import ImageFormat
 from nst_server.errors import InvalidRequest
 from nst_server.images import decode, encode, size_for_longest_side, to_array
-from nst_server.job import ImageFormat
 from PIL import Image
 
 from tests.images import encoded, picture, png_claiming_size

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import nst.events
 import nst_server
 import pytest
 
@@ -26,7 +27,8 @@ DOMAIN = (
     "admission",
     "spatial",
 )
-FORBIDDEN = ("grpc", "grpc_health", "grpc_reflection", "onnxruntime", "nst", "google")  # nst: the generated stubs
+# nst.v1 holds the generated stubs; nst.events, the events shared with the client library, is plain Python.
+FORBIDDEN = ("grpc", "grpc_health", "grpc_reflection", "onnxruntime", "nst.v1", "google")
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -52,8 +54,15 @@ def _import_time_nodes(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom
     return found
 
 
+def _external(module: str) -> str:
+    """The package an import of ``module`` loads, as FORBIDDEN names it: the top level; for nst, one level below."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "nst" else parts[0]
+
+
 def imports_of(module: str) -> tuple[set[str], set[str]]:
-    """(top-level external packages, sibling modules of nst_server) that ``module`` imports at import time."""
+    """(external packages as ``_external`` names them, sibling modules of nst_server) ``module`` imports at import
+    time."""
     tree = ast.parse((PACKAGE / f"{module}.py").read_text())
     external: set[str] = set()
     internal: set[str] = set()
@@ -61,15 +70,17 @@ def imports_of(module: str) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 top = alias.name.split(".")[0]
-                (internal.add(alias.name.split(".")[1]) if top == "nst_server" else external.add(top))
+                (internal.add(alias.name.split(".")[1]) if top == "nst_server" else external.add(_external(alias.name)))
         elif node.level == 1 or (node.module or "").startswith("nst_server"):
             base = (node.module or "").removeprefix("nst_server").lstrip(".")
             if base:
                 internal.add(base.split(".")[0])
             else:  # from . import a, b
                 internal.update(alias.name for alias in node.names)
+        elif node.level == 0 and node.module == "nst":  # from nst import events, v1
+            external.update(_external(f"nst.{alias.name}") for alias in node.names)
         elif node.level == 0 and node.module is not None:
-            external.add(node.module.split(".")[0])
+            external.add(_external(node.module))
     return external, internal
 
 
@@ -100,5 +111,18 @@ def test_domain_module_never_loads_grpc_protobuf_or_onnxruntime(module: str) -> 
 def test_the_check_sees_what_the_servicer_imports() -> None:
     """The same reading finds grpc and onnxruntime where they are meant to be, so the check above can fail."""
     assert "grpc" in reachable("servicer")["servicer"]
+    assert "nst.v1" in reachable("codec")["codec"]
+    assert "nst.events" in reachable("pipeline")["pipeline"]
     assert "onnxruntime" in reachable("graphs")["graphs"]
     assert "graphs" in reachable("app")
+
+
+def test_the_shared_events_load_neither_grpc_nor_protobuf() -> None:
+    """nst.events, which the domain and the client library share, is plain Python and Pillow."""
+    tree = ast.parse(Path(nst.events.__file__).read_text())
+    loaded = {
+        (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+        for node in _import_time_nodes(tree.body)
+        for alias in node.names
+    }
+    assert {name.split(".")[0] for name in loaded} <= {"__future__", "dataclasses", "enum", "io", "PIL"}

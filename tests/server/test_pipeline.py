@@ -7,32 +7,17 @@ known, so these tests check the pipeline's own logic (the real graphs are tested
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from nst.events import Event, ImageFormat, Optimizer, Preview, Progress, Result, ScaleStarted, Started
 from nst_server import optimise, pipeline
 from nst_server.errors import Cancelled
-from nst_server.job import (
-    Event,
-    FloatArray,
-    ImageFormat,
-    Init,
-    Job,
-    Optimizer,
-    Options,
-    Preview,
-    Progress,
-    Result,
-    ScaleStarted,
-    Started,
-    Style,
-    scale_sizes,
-)
+from nst_server.job import FloatArray, Init, Job, Options, Style, scale_sizes
 from nst_server.manifest import LossWeights, Manifest, content_target_name, gram_target_name
-from nst_server.model import Evaluation, Regions
+from nst_server.model import Evaluation, Regions, ShouldStop, Targets, never_stop
 from PIL import Image
 
 STYLE_LAYERS = ("relu1_1", "relu2_1")
@@ -78,8 +63,8 @@ class _Model:
         image: FloatArray,
         guide: FloatArray | None = None,
         circular: bool = False,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> dict[str, FloatArray]:
+        should_stop: ShouldStop = never_stop,
+    ) -> Targets:
         self.guides.append(guide)
         self.circular.append(circular)
         level = np.float32(image.mean())
@@ -89,12 +74,12 @@ class _Model:
     def evaluator(
         self,
         shape: tuple[int, int],
-        targets: dict[str, FloatArray],
+        targets: Targets,
         loss_weights: LossWeights,
         *layer_weights: object,
         regions: Regions | None = None,
         circular: bool = False,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: ShouldStop = never_stop,
     ) -> _Evaluator:
         """Records the per-layer weights the pipeline passes (content, style), its regions and padding."""
         assert set(targets) == {content_target_name("relu4_2"), *map(gram_target_name, STYLE_LAYERS)}

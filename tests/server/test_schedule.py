@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from nst.events import Result, ScaleStarted, StopReason
 from nst_server import images, optimise, pipeline
 from nst_server.device_optimise import DeviceOptimiser
 from nst_server.graphs import LossGraphs
-from nst_server.job import Job, Options, Result, ScaleStarted, StopReason, Style
+from nst_server.job import Job, Options, Style
 from nst_server.pipeline import ScalePlan, auto_scale_count, full_size_fraction, schedule
 
 from tests.images import picture
