@@ -115,3 +115,15 @@ def test_enum_names_are_the_literal_types() -> None:
         ("colour_preservation", _types.ColourPreservationName),
     ):
         assert tuple(enum_values(option)) == typing.get_args(literal), option
+
+
+def test_event_enums_are_the_protobuf_enums() -> None:
+    """nst.events' StrEnums hold exactly the protobuf enums' values, by the same names (UNSPECIFIED aside, except
+    for StopReason, whose unspecified is what an older server reports)."""
+    from nst import events
+    from nst_client._convert import enum_values
+
+    assert [member.value for member in events.Optimizer] == list(enum_values("optimizer"))
+    assert [member.value for member in events.ImageFormat] == list(enum_values("output_format"))
+    stop_reasons = {name.removeprefix("STOP_REASON_").lower() for name in pb.StopReason.DESCRIPTOR.values_by_name}
+    assert {member.value for member in events.StopReason} == stop_reasons
