@@ -252,6 +252,7 @@ def _model_info(m: pb.ModelInfo) -> ModelInfo:
         preprocessing=m.preprocessing, content_layers=tuple(m.content_layers), style_layers=tuple(m.style_layers),
         default_content_weight=m.default_content_weight, default_style_weight=m.default_style_weight,
         default_tv_weight=m.default_tv_weight, device=m.device, opset=m.opset, exporter=m.exporter,
+        recipe=m.recipe, seed=m.seed if m.HasField("seed") else None,
     )  # fmt: skip
 
 
@@ -259,5 +260,5 @@ def server_info(response: pb.DescribeModelResponse) -> ServerInfo:
     """The server's description as plain values."""
     li = response.limits
     limits = Limits(li.max_pixels, li.max_message_bytes, li.max_styles, li.max_evaluations, li.max_concurrent,
-                    li.max_queue)  # fmt: skip
+                    li.max_queue, li.max_regions)  # fmt: skip
     return ServerInfo(tuple(_model_info(m) for m in response.models), limits)

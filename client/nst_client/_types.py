@@ -86,6 +86,8 @@ class ModelInfo:
     device: str
     opset: int
     exporter: str
+    recipe: str = ""  # how generated weights (random, ranvgg) were made; empty for loaded ones and older servers
+    seed: int | None = None  # of generated weights; None for loaded ones and older servers
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,7 @@ class Limits:
     max_evaluations: int
     max_concurrent: int
     max_queue: int
+    max_regions: int = 0  # styles with a mask per request; 0 from a server older than the field
 
 
 @dataclass(frozen=True, slots=True)

@@ -402,6 +402,10 @@ def _info(args: argparse.Namespace) -> int:
     for index, m in enumerate(info.models):
         print(f"model {m.name}{' (default)' if index == 0 else ''}")
         print(f"  weights        {m.weights} (sha256 {m.weights_sha256[:16]}...)")
+        if m.recipe:
+            print(f"  generated      {m.recipe}")
+        if m.seed is not None:
+            print(f"  seed           {m.seed}")
         print(f"  network        VGG19, {m.pooling} pooling, {m.preprocessing} preprocessing, opset {m.opset}")
         print(f"  content layers {', '.join(m.content_layers)}")
         print(f"  style layers   {', '.join(m.style_layers)}")
@@ -411,7 +415,8 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  exporter       {m.exporter}")
     li = info.limits
     print(f"limits: {li.max_pixels} pixels, {li.max_evaluations} evaluations, {li.max_styles} styles, "
-          f"{li.max_message_bytes} bytes a message, {li.max_concurrent} concurrent, {li.max_queue} queued")  # fmt: skip
+          f"{li.max_message_bytes} bytes a message, {li.max_concurrent} concurrent, {li.max_queue} queued, "
+          f"{li.max_regions} masked styles")  # fmt: skip
     return 0
 
 

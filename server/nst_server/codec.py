@@ -407,7 +407,7 @@ def describe(models: Sequence[LossModel], config: ServerConfig) -> pb.DescribeMo
             name=graphs.name, weights=m.weights, weights_sha256=m.weights_sha256, pooling=m.pooling,
             preprocessing=m.preprocessing, content_layers=m.content_layers, style_layers=m.style_layers,
             default_content_weight=defaults.content, default_style_weight=defaults.style, default_tv_weight=defaults.tv,
-            device=graphs.device, opset=m.opset, exporter=m.exporter,
+            device=graphs.device, opset=m.opset, exporter=m.exporter, recipe=m.recipe or "", seed=m.seed,
         ))  # fmt: skip
     limits = pb.Limits(
         max_pixels=config.limits.max_pixels,
@@ -416,5 +416,6 @@ def describe(models: Sequence[LossModel], config: ServerConfig) -> pb.DescribeMo
         max_evaluations=config.limits.max_evaluations,
         max_concurrent=config.limits.max_concurrent,
         max_queue=config.limits.max_queue,
+        max_regions=spatial.MAX_REGIONS,
     )
     return pb.DescribeModelResponse(models=infos, limits=limits)

@@ -192,6 +192,8 @@ def test_info_and_health(server: InProcessServer, model_dir: Path) -> None:
     assert (described["limits"]["max_concurrent"], described["limits"]["max_queue"]) == (1, 1)
     human = nst("info", "--server", server.address)
     assert f"model {model_dir.name} (default)" in human.stdout
+    assert "  seed           3\n" in human.stdout
+    assert "4 masked styles" in human.stdout
     health = nst("health", "--server", server.address)
     assert (health.returncode, health.stdout) == (0, "SERVING\n")
 

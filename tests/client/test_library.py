@@ -146,7 +146,9 @@ def test_describe_and_health(client: StyleClient, model_dir: Path) -> None:
     assert (model.name, model.weights, model.pooling, model.device) == (model_dir.name, "random", "max", "cpu")
     assert model.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     assert model.default_style_weight == 1e6
+    assert (model.recipe.startswith("He-initialised"), model.seed) == (True, 3)
     assert (info.limits.max_concurrent, info.limits.max_queue, info.limits.max_evaluations) == (1, 1, 5000)
+    assert info.limits.max_regions == 4
     assert client.health(timeout_s=30) == "SERVING"
     assert client.health("", timeout_s=30) == "SERVING"
 

@@ -87,13 +87,16 @@ def test_reported_loss_matches_pytorch(stub: pb_grpc.StyleTransferServiceStub, m
 
 
 def test_describe_model(stub: pb_grpc.StyleTransferServiceStub, model_dir: Path) -> None:
-    """DescribeModel reports the weights, pooling, layers, device, defaults and limits."""
+    """DescribeModel reports the weights (and how generated ones were made), pooling, layers, device, defaults and
+    limits."""
     described = stub.DescribeModel(pb.DescribeModelRequest())
     (model,) = described.models
     assert (model.name, model.weights, model.pooling, model.device) == (model_dir.name, "random", "max", "cpu")
     assert list(model.style_layers) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     assert model.default_style_weight == 1e6
-    assert (described.limits.max_concurrent, described.limits.max_queue) == (1, 1)
+    assert model.recipe.startswith("He-initialised")
+    assert (model.HasField("seed"), model.seed) == (True, 3)  # conftest's model_dir
+    assert (described.limits.max_concurrent, described.limits.max_queue, described.limits.max_regions) == (1, 1, 4)
 
 
 def test_health_and_reflection(server: InProcessServer) -> None:

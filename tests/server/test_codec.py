@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from nst.events import ImageFormat, Optimizer
 from nst.v1 import style_transfer_pb2 as pb
-from nst_server import codec
+from nst_server import codec, spatial
 from nst_server.config import Limits, ServerConfig
 from nst_server.errors import InvalidRequest
 from nst_server.job import ColourPreservation, Init, Job, scale_sizes
@@ -211,14 +211,19 @@ def test_events_become_their_stream_messages() -> None:
 
 
 def test_describe_reports_models_and_limits() -> None:
-    response = codec.describe(MODELS, CONFIG)
-    assert [model.name for model in response.models] == ["first", "second"]
+    generated = _Model("generated", replace(MANIFEST, weights="ranvgg", seed=0, recipe="ranvgg: scaled"))
+    response = codec.describe([*MODELS, generated], CONFIG)
+    assert [model.name for model in response.models] == ["first", "second", "generated"]
     assert response.models[0].style_layers == list(STYLE_LAYERS)
     assert (response.limits.max_pixels, response.limits.max_styles, response.limits.max_evaluations) == (
         200_000,
         2,
         50,
     )
+    assert response.limits.max_regions == spatial.MAX_REGIONS
+    loaded = response.models[0]
+    assert (loaded.recipe, loaded.HasField("seed")) == ("", False)  # weights from a file: nothing to say
+    assert (response.models[2].recipe, response.models[2].seed) == ("ranvgg: scaled", 0)  # seed 0 is still said
 
 
 def test_arrays_are_the_server_convention() -> None:

@@ -285,7 +285,7 @@ class DescribeModelResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "weights", "weights_sha256", "pooling", "preprocessing", "content_layers", "style_layers", "default_content_weight", "default_style_weight", "default_tv_weight", "device", "opset", "exporter")
+    __slots__ = ("name", "weights", "weights_sha256", "pooling", "preprocessing", "content_layers", "style_layers", "default_content_weight", "default_style_weight", "default_tv_weight", "device", "opset", "exporter", "recipe", "seed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +299,8 @@ class ModelInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     OPSET_FIELD_NUMBER: _ClassVar[int]
     EXPORTER_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     name: str
     weights: str
     weights_sha256: str
@@ -312,20 +314,24 @@ class ModelInfo(_message.Message):
     device: str
     opset: int
     exporter: str
-    def __init__(self, name: _Optional[str] = ..., weights: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., pooling: _Optional[str] = ..., preprocessing: _Optional[str] = ..., content_layers: _Optional[_Iterable[str]] = ..., style_layers: _Optional[_Iterable[str]] = ..., default_content_weight: _Optional[float] = ..., default_style_weight: _Optional[float] = ..., default_tv_weight: _Optional[float] = ..., device: _Optional[str] = ..., opset: _Optional[int] = ..., exporter: _Optional[str] = ...) -> None: ...
+    recipe: str
+    seed: int
+    def __init__(self, name: _Optional[str] = ..., weights: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., pooling: _Optional[str] = ..., preprocessing: _Optional[str] = ..., content_layers: _Optional[_Iterable[str]] = ..., style_layers: _Optional[_Iterable[str]] = ..., default_content_weight: _Optional[float] = ..., default_style_weight: _Optional[float] = ..., default_tv_weight: _Optional[float] = ..., device: _Optional[str] = ..., opset: _Optional[int] = ..., exporter: _Optional[str] = ..., recipe: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_pixels", "max_message_bytes", "max_styles", "max_evaluations", "max_concurrent", "max_queue")
+    __slots__ = ("max_pixels", "max_message_bytes", "max_styles", "max_evaluations", "max_concurrent", "max_queue", "max_regions")
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_STYLES_FIELD_NUMBER: _ClassVar[int]
     MAX_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_REGIONS_FIELD_NUMBER: _ClassVar[int]
     max_pixels: int
     max_message_bytes: int
     max_styles: int
     max_evaluations: int
     max_concurrent: int
     max_queue: int
-    def __init__(self, max_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., max_concurrent: _Optional[int] = ..., max_queue: _Optional[int] = ...) -> None: ...
+    max_regions: int
+    def __init__(self, max_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., max_concurrent: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_regions: _Optional[int] = ...) -> None: ...
