@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -131,13 +131,25 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        """Parse a metadata entry; raises ValueError on anything that is not this format."""
+        """Parse a metadata entry; raises ValueError on anything that is not this format.
+
+        A key this server does not know is left out: what changes how the graphs are used bumps
+        ``format_version``, so a key added within a format only describes the model (as ``recipe`` did).
+        """
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"model manifest: expected a JSON object, got {type(data).__name__}")
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported model format {data.get('format_version')!r}, expected {FORMAT_VERSION}")
-        data["content_layers"] = tuple(data["content_layers"])
-        data["style_layers"] = tuple(data["style_layers"])
-        return cls(**data)
+        known = {entry.name: entry for entry in fields(cls)}
+        required = [name for name, entry in known.items() if entry.default is entry.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ValueError(f"model manifest: missing {', '.join(missing)}")
+        values = {name: value for name, value in data.items() if name in known}
+        values["content_layers"] = tuple(values["content_layers"])
+        values["style_layers"] = tuple(values["style_layers"])
+        return cls(**values)
 
 
 def release(version: str) -> tuple[int, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -112,3 +113,16 @@ def test_an_ir_version_onnxruntime_cannot_read_is_explained(model_dir: Path, tmp
     with pytest.raises(ValueError, match=r"ONNX IR version 99, opset 17\) cannot be loaded by onnxruntime") as caught:
         LossGraphs(future, "cpu")
     assert ort.__version__ in str(caught.value)
+
+
+def test_a_manifest_from_a_newer_export_loads_and_a_broken_one_is_explained() -> None:
+    """Keys added within a format (they only describe the model) are left out; missing ones are a ValueError."""
+    manifest = mf.Manifest("random", "0" * 64, "max", "imagenet", ("relu4_2",), ("relu1_1",), 17, "test", seed=1)
+    newer = json.loads(manifest.to_json()) | {"trained_on": "a newer export's note"}
+    assert mf.Manifest.from_json(json.dumps(newer)) == manifest
+    broken = json.loads(manifest.to_json())
+    del broken["weights_sha256"], broken["opset"]
+    with pytest.raises(ValueError, match="model manifest: missing weights_sha256, opset"):
+        mf.Manifest.from_json(json.dumps(broken))
+    with pytest.raises(ValueError, match="expected a JSON object, got list"):
+        mf.Manifest.from_json("[]")
