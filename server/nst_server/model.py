@@ -111,16 +111,15 @@ class LossModel(Protocol):
         """The longest side evaluated whole; larger images are evaluated in exact tiles. None: no tiling."""
         ...
 
-    def targets(
-        self,
-        image: FloatArray,
-        guide: FloatArray | None = None,
-        circular: bool = False,
-        should_stop: ShouldStop = never_stop,
-    ) -> Targets:
-        """Content features and (guided) Gram matrices of ``image``, keyed by the loss graph's input names.
+    # targets and evaluator declare no defaults (the implementation may): the domain says every time which guide,
+    # padding and regions a job has, so that none of them can be left at a default by omission.
 
-        Large images are computed in tiles, which check ``should_stop`` between them.
+    def targets(self, image: FloatArray, guide: FloatArray | None, circular: bool, should_stop: ShouldStop) -> Targets:
+        """Content features and Gram matrices of ``image``, keyed by the loss graph's input names.
+
+        ``guide`` (H, W) in [0, 1], or None for all of it, selects the part whose Gram matrices count; ``circular``
+        pads circularly (a tileable output). Large images are computed in tiles, which check ``should_stop``
+        between them.
         """
         ...
 
@@ -129,15 +128,16 @@ class LossModel(Protocol):
         shape: tuple[int, int],
         targets: Targets,
         loss_weights: LossWeights,
-        content_layer_weights: tuple[float, ...] | None = None,
-        style_layer_weights: tuple[float, ...] | None = None,
-        regions: Regions | None = None,
-        circular: bool = False,
-        should_stop: ShouldStop = never_stop,
+        content_layer_weights: tuple[float, ...] | None,
+        style_layer_weights: tuple[float, ...] | None,
+        regions: Regions | None,
+        circular: bool,
+        should_stop: ShouldStop,
     ) -> Evaluator:
         """An evaluator at ``shape`` (height, width) with everything but the image bound once.
 
-        Above the model's tile size it evaluates in tiles, checking ``should_stop`` between them.
+        Per-layer weights left None are the defaults (``targets.layer_weights``); ``regions`` None is one region,
+        everywhere. Above the model's tile size it evaluates in tiles, checking ``should_stop`` between them.
         """
         ...
 

@@ -36,7 +36,7 @@ def job_targets(
     manifest = graphs.manifest
     feeds = {
         name: features
-        for name, features in graphs.targets(content, circular=circular, should_stop=should_stop).items()
+        for name, features in graphs.targets(content, guide=None, circular=circular, should_stop=should_stop).items()
         if name in {content_target_name(layer) for layer in manifest.content_layers}
     }
     stacked: dict[str, list[FloatArray]] = {gram_target_name(layer): [] for layer in manifest.style_layers}

@@ -17,7 +17,7 @@ from nst_server import optimise, pipeline
 from nst_server.errors import Cancelled
 from nst_server.job import FloatArray, Init, Job, Options, Style, scale_sizes
 from nst_server.manifest import LossWeights, Manifest, content_target_name, gram_target_name
-from nst_server.model import Evaluation, Regions, ShouldStop, Targets, never_stop
+from nst_server.model import Evaluation, Regions, ShouldStop, Targets
 from PIL import Image
 
 STYLE_LAYERS = ("relu1_1", "relu2_1")
@@ -58,13 +58,7 @@ class _Model:
     circular: list[bool] = field(default_factory=list)  # per targets call, then per evaluator
     guides: list[FloatArray | None] = field(default_factory=list)  # per targets call
 
-    def targets(
-        self,
-        image: FloatArray,
-        guide: FloatArray | None = None,
-        circular: bool = False,
-        should_stop: ShouldStop = never_stop,
-    ) -> Targets:
+    def targets(self, image: FloatArray, guide: FloatArray | None, circular: bool, should_stop: ShouldStop) -> Targets:
         self.guides.append(guide)
         self.circular.append(circular)
         level = np.float32(image.mean())
@@ -77,9 +71,9 @@ class _Model:
         targets: Targets,
         loss_weights: LossWeights,
         *layer_weights: object,
-        regions: Regions | None = None,
-        circular: bool = False,
-        should_stop: ShouldStop = never_stop,
+        regions: Regions | None,
+        circular: bool,
+        should_stop: ShouldStop,
     ) -> _Evaluator:
         """Records the per-layer weights the pipeline passes (content, style), its regions and padding."""
         assert set(targets) == {content_target_name("relu4_2"), *map(gram_target_name, STYLE_LAYERS)}
