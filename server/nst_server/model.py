@@ -145,7 +145,7 @@ class LossModel(Protocol):
         """Evaluate once if this size is new to the process."""
         ...
 
-    def optimiser(self, evaluator: Evaluator, optimizer: Optimizer = Optimizer.LBFGS) -> Optimiser:
+    def optimiser(self, evaluator: Evaluator, optimizer: Optimizer) -> Optimiser:
         """The optimisers bound to ``evaluator``, their step and state on the host or on the model's device, where
         the model places ``optimizer``'s."""
         ...
