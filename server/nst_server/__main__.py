@@ -107,6 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     for dest, (flag, what) in _SECONDS_FLAGS.items():
         parser.add_argument(flag, dest=dest, type=float, default=getattr(d, dest), help=f"{what} (default %(default)g)")
     parser.add_argument(
+        "--http-port",
+        type=int,
+        default=d.http_port,
+        metavar="PORT",
+        help="also serve the Connect protocol (JSON and binary) and gRPC-Web, and the page to paint with at "
+        "http://HOST:PORT/, on this port (default: not served; 0 picks a free port); same jobs, limits and token",
+    )
+    parser.add_argument(
+        "--http-allow-origin",
+        dest="http_allowed_origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (scheme://host[:port], or * for any) call the HTTP port (CORS); repeat for "
+        "several (default: none, only the page the server itself serves)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=d.metrics_port,
@@ -156,7 +173,15 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
     if settings["max_side_px"] is None:
         settings["max_side_px"] = MAX_SIDE_TILED_PX if args.tile_px else MAX_SIDE_WHOLE_PX
     limits = Limits(**{limit.name: settings.pop(limit.name) for limit in dataclasses.fields(Limits)})
-    return ServerConfig(**{**settings, "model_dirs": tuple(args.model_dirs), "limits": limits, "token": token})
+    return ServerConfig(
+        **{
+            **settings,
+            "model_dirs": tuple(args.model_dirs),
+            "http_allowed_origins": tuple(args.http_allowed_origins),
+            "limits": limits,
+            "token": token,
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
