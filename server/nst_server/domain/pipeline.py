@@ -56,7 +56,7 @@ class _Scale:
 
 
 def _prepare_scale(
-    graphs: LossModel,
+    model: LossModel,
     job: Job,
     styles: tuple[FloatArray, ...],
     canvas: FloatArray,
@@ -78,7 +78,7 @@ def _prepare_scale(
     ]
     regions = spatial.regions(job, (width, height))
     targets = job_targets(
-        graphs,
+        model,
         canvas if content is None else content,
         scaled or [canvas],
         [style.blend_weight for style in job.styles] or None,
@@ -88,13 +88,13 @@ def _prepare_scale(
         circular=job.options.tileable,
     )
     options = job.options
-    content_weights, style_weights = layer_weights(graphs.manifest, options, content is not None, bool(styles))
-    loss_weights = options.loss_weights or graphs.manifest.default_loss_weights
-    evaluate = graphs.evaluator(
+    content_weights, style_weights = layer_weights(model.manifest, options, content is not None, bool(styles))
+    loss_weights = options.loss_weights or model.manifest.default_loss_weights
+    evaluate = model.evaluator(
         (height, width), targets, loss_weights, content_weights, style_weights,
         regions=regions, circular=options.tileable, should_stop=should_stop,
     )  # fmt: skip
-    graphs.warm_up(evaluate, canvas)
+    model.warm_up(evaluate, canvas)
     if job.content_only is None or content is None:
         return _Scale(evaluate, content)
     pinned = spatial.Pinned(evaluate, content, spatial.resize_mask(job.content_only, (width, height)))
@@ -138,7 +138,7 @@ def _optimise(
 
 def stylize(
     job: Job,
-    graphs: LossModel,
+    model: LossModel,
     emit: Callable[[Event], None],
     should_stop: ShouldStop,
     queued_s: float = 0.0,
@@ -148,7 +148,7 @@ def stylize(
     options = job.options
     plans = job_schedule(job)
     emit(
-        Started(job.job_id, job.model, *job.size, options.max_evaluations, options.optimizer, graphs.device, len(plans))
+        Started(job.job_id, job.model, *job.size, options.max_evaluations, options.optimizer, model.device, len(plans))
     )
     styles = _styles_for_colour(job)
     canvas = initial_canvas(options.init, job)
@@ -160,14 +160,14 @@ def stylize(
     for number, (size, budget) in enumerate(((plan.size, plan.evaluations) for plan in plans), start=1):
         prepared = time.perf_counter()
         canvas = images.resize(canvas, size)
-        scale = _prepare_scale(graphs, job, styles, canvas, should_stop)
+        scale = _prepare_scale(model, job, styles, canvas, should_stop)
         optimising = time.perf_counter()
         preparing_s += optimising - prepared
         clock = clock or optimising
         emit(ScaleStarted(number, len(plans), *size, budget))
         on_step = _reporter(job, scale, canvas.shape, (iterations, evaluations), clock, emit)
         # After the warm-up: its run is preparation, not optimisation.
-        optimiser = graphs.optimiser(scale.evaluate, options.optimizer)
+        optimiser = model.optimiser(scale.evaluate, options.optimizer)
         outcome = _optimise(job, optimiser, canvas, budget, on_step, should_stop, carried)
         evaluating_s += optimiser.evaluate_s
         stepping_s += optimiser.step_s

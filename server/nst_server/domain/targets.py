@@ -13,7 +13,7 @@ from .model import LossModel, Targets
 
 
 def job_targets(
-    graphs: LossModel,
+    model: LossModel,
     content: FloatArray,
     styles: Sequence[FloatArray],
     blend: Sequence[float] | None = None,
@@ -34,15 +34,15 @@ def job_targets(
     weights = np.asarray(blend if blend is not None else [1.0] * len(styles), np.float64)
     weights = weights / weights.sum()
     guides = source_guides if source_guides is not None else [None] * len(styles)
-    manifest = graphs.manifest
+    manifest = model.manifest
     feeds = {
         name: features
-        for name, features in graphs.targets(content, guide=None, circular=circular, should_stop=should_stop).items()
+        for name, features in model.targets(content, guide=None, circular=circular, should_stop=should_stop).items()
         if name in {content_target_name(layer) for layer in manifest.content_layers}
     }
     stacked: dict[str, list[FloatArray]] = {gram_target_name(layer): [] for layer in manifest.style_layers}
     for weight, style, guide in zip(weights, styles, guides, strict=True):
-        grams = graphs.targets(style, guide, circular=circular, should_stop=should_stop)
+        grams = model.targets(style, guide, circular=circular, should_stop=should_stop)
         for layer in manifest.style_layers:
             name = gram_target_name(layer)
             if per_style:

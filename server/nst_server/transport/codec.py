@@ -167,9 +167,9 @@ def pick_model(name: str, models: Sequence[LossModel]) -> LossModel:
     """The named model, or the first when the request names none."""
     if not name:
         return models[0]
-    for graphs in models:
-        if graphs.name == name:
-            return graphs
+    for model in models:
+        if model.name == name:
+            return model
     raise InvalidRequest(f"model: {name!r} is not loaded; available: {', '.join(g.name for g in models)}")
 
 
@@ -298,11 +298,11 @@ def _check_overlap(styles: tuple[Style, ...], content_only: FloatArray | None) -
         )
 
 
-def _check_untiled(job: Job, graphs: LossModel) -> None:
+def _check_untiled(job: Job, model: LossModel) -> None:
     """Masks and tileable output need whole-image graphs: refuse, before the job starts, what the server would
     evaluate in tiles. Regions and tileable need the output whole; a source mask, or tileable, needs that style whole
     (a masked job's styles without source masks may be larger: their plain targets are taken in tiles)."""
-    limit, tileable, regions = graphs.whole_max_side_px, job.options.tileable, spatial.has_regions(job)
+    limit, tileable, regions = model.whole_max_side_px, job.options.tileable, spatial.has_regions(job)
     if limit is None:
         return
     checks = [("masks" if regions else "options.tileable", "output", job.size)] if regions or tileable else []
@@ -328,7 +328,7 @@ def _check_scales(job: Job) -> None:
 
 def job_from_request(request: pb.StylizeRequest, job_id: str, models: Sequence[LossModel], config: ServerConfig) -> Job:
     """Decode and validate everything a job needs; raises InvalidRequest naming the first problem."""
-    graphs = pick_model(request.model, models)
+    model = pick_model(request.model, models)
     if not request.content_image and not request.style_images:
         raise InvalidRequest("content_image, style_images: both empty; give a content image, a style image or both")
     if len(request.style_images) > config.limits.max_styles:
@@ -336,7 +336,7 @@ def job_from_request(request: pb.StylizeRequest, job_id: str, models: Sequence[L
             f"style_images: {len(request.style_images)} given, at most {config.limits.max_styles} allowed"
         )
     has_content, has_style = bool(request.content_image), bool(request.style_images)
-    options = options_from_pb(request.options, config, graphs.manifest, has_content, has_style)
+    options = options_from_pb(request.options, config, model.manifest, has_content, has_style)
     _check_init(request, options)
     content = _content(request, options, config) if has_content else None
     size = (content.shape[3], content.shape[2]) if content is not None else _texture_size(request, options, config)
@@ -350,9 +350,9 @@ def job_from_request(request: pb.StylizeRequest, job_id: str, models: Sequence[L
     styles = _style_masks(request, styles, size, config)
     content_only = _content_only(request, size, config)
     _check_overlap(styles, content_only)
-    job = Job(job_id, graphs.name, size, content, styles, options, init_image, content_only)
+    job = Job(job_id, model.name, size, content, styles, options, init_image, content_only)
     _check_scales(job)
-    _check_untiled(job, graphs)
+    _check_untiled(job, model)
     return job
 
 
@@ -402,14 +402,14 @@ def to_response(event: events.Event) -> pb.StylizeResponse:
 def describe(models: Sequence[LossModel], config: ServerConfig) -> pb.DescribeModelResponse:
     """What the server runs and the limits it enforces."""
     infos = []
-    for graphs in models:
-        m = graphs.manifest
+    for model in models:
+        m = model.manifest
         defaults = m.default_loss_weights
         infos.append(pb.ModelInfo(
-            name=graphs.name, weights=m.weights, weights_sha256=m.weights_sha256, pooling=m.pooling,
+            name=model.name, weights=m.weights, weights_sha256=m.weights_sha256, pooling=m.pooling,
             preprocessing=m.preprocessing, content_layers=m.content_layers, style_layers=m.style_layers,
             default_content_weight=defaults.content, default_style_weight=defaults.style, default_tv_weight=defaults.tv,
-            device=graphs.device, opset=m.opset, exporter=m.exporter, recipe=m.recipe or "", seed=m.seed,
+            device=model.device, opset=m.opset, exporter=m.exporter, recipe=m.recipe or "", seed=m.seed,
         ))  # fmt: skip
     limits = pb.Limits(
         max_pixels=config.limits.max_pixels,

@@ -125,10 +125,10 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         def emit(event: Event | BaseException) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        graphs = codec.pick_model(job.model, self._models)
+        model = codec.pick_model(job.model, self._models)
         if self._stopped is not None:  # granted its slot just before stop_all, but only running now
             stop.set(self._stopped)
-        work = loop.run_in_executor(self._workers, _run_job, job, graphs, emit, stop, queued_s)
+        work = loop.run_in_executor(self._workers, _run_job, job, model, emit, stop, queued_s)
         work.add_done_callback(lambda _: reservation.release())
         self._running[job.job_id] = stop
         try:
@@ -171,11 +171,11 @@ def _job_from_request(
 
 
 def _run_job(
-    job: Job, graphs: LossModel, emit: Callable[[Event | BaseException], None], stop: _Stop, queued_s: float
+    job: Job, model: LossModel, emit: Callable[[Event | BaseException], None], stop: _Stop, queued_s: float
 ) -> None:
     """Worker-thread body: every ending, good or bad, reaches the stream as its last item."""
     try:
-        pipeline.stylize(job, graphs, emit, stop.is_set, queued_s)
+        pipeline.stylize(job, model, emit, stop.is_set, queued_s)
     except Cancelled:
         emit(stop.reason)
     except JobError as error:
@@ -186,7 +186,7 @@ def _run_job(
     finally:
         # After the caller has its last event: an idle server holds its models, not its largest job's tensors.
         try:
-            graphs.release_memory()
+            model.release_memory()
         except Exception:  # the job's outcome is already sent; a failure here is only worth a log line
             log.exception("releasing memory after job %s failed", job.job_id)
 
