@@ -3,7 +3,7 @@
 #   protos/nst/v1/style_transfer_pb2.py, .pyi, _pb2_grpc.py  protobuf and gRPC (grpcio-tools)
 #   protos/nst/v1/style_transfer_connect.py                  Connect and gRPC-Web (protoc-gen-connectrpc)
 #   web/src/gen/nst/v1/style_transfer_pb.ts                  the messages for the browser (protoc-gen-es)
-#   server/nst_server/page/nst.js                            web/src/main.ts bundled by esbuild
+#   server/nst_server/transport/page/nst.js                  web/src/main.ts bundled by esbuild
 # Needs the `dev` extra in the active Python environment, and Node.js with npm: the npm tools (pinned in
 # web/package-lock.json) are installed into web/node_modules by `npm ci`, the only step that uses the network.
 # Run from anywhere; tests/test_generated.py runs it on a copy and compares.
@@ -28,7 +28,7 @@ fi
 python -m grpc_tools.protoc -Iprotos --plugin=protoc-gen-es=web/node_modules/.bin/protoc-gen-es \
     --es_out=web/src/gen --es_opt=target=ts "$proto"
 (cd web && node_modules/.bin/tsc -p . && node_modules/.bin/esbuild src/main.ts --bundle --format=esm \
-    --target=es2022 --minify --legal-comments=none --log-level=warning --outfile=../server/nst_server/page/nst.js)
+    --target=es2022 --minify --legal-comments=none --log-level=warning --outfile=../server/nst_server/transport/page/nst.js)
 
 echo "generated: protos/nst/v1/style_transfer_pb2.py, .pyi, _pb2_grpc.py, _connect.py;" \
-    "web/src/gen/nst/v1/style_transfer_pb.ts; server/nst_server/page/nst.js"
+    "web/src/gen/nst/v1/style_transfer_pb.ts; server/nst_server/transport/page/nst.js"

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import get_args
 
-from . import auth
 from .app import load_models, serve
 from .config import MAX_SIDE_TILED_PX, MAX_SIDE_WHOLE_PX, MIN_TILE_PX, Limits, Placement, ServerConfig
-from .graphs import AUTO_PLACEMENT, DeviceUnavailableError
+from .runtime.graphs import AUTO_PLACEMENT
+from .runtime.sessions import DeviceUnavailableError
+from .transport import auth
 
 log = logging.getLogger("nst_server")
 

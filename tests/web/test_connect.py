@@ -23,9 +23,9 @@ from google.protobuf import json_format
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from nst.v1.style_transfer_connect import StyleTransferServiceClientSync
-from nst_server.connect import CONNECT_CODE, PAGE_FILES
-from nst_server.servicer import STATUS
 from nst_server.testing import InProcessServer, poll_until, running_server, start_server
+from nst_server.transport.connect import CONNECT_CODE, PAGE_FILES
+from nst_server.transport.servicer import STATUS
 from PIL import Image
 
 from tests.requests import events, stylize_request

@@ -1,6 +1,6 @@
 // The page nst-server serves at / with --http-port: pick a photo and paintings, stream one Stylize call over the
 // Connect protocol, show its events as they come, cancel it, download the result. Bundled into
-// server/nst_server/page/nst.js by protos/generate.sh; the messages come from the .proto (src/gen, protoc-gen-es).
+// server/nst_server/transport/page/nst.js by protos/generate.sh; the messages come from the .proto (src/gen, protoc-gen-es).
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import {
