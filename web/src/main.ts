@@ -77,6 +77,7 @@ let styles: File[] = [];
 let running: AbortController | null = null;
 let result: { bytes: Uint8Array; mime: string; name: string } | null = null;
 let shownUrl: string | null = null;
+let connected = false; // DescribeModel answered: the token, if the server wants one, is right
 
 function say(text: string): void {
   ui.status.textContent = text;
@@ -161,9 +162,11 @@ function describeModel(answer: DescribeModelResponse): void {
 async function connect(): Promise<void> {
   try {
     describeModel(await client.describeModel({}));
+    connected = true;
     ui.tokenSection.hidden = true;
     clearError();
   } catch (error) {
+    connected = false;
     if (error instanceof ConnectError && error.code === Code.Unauthenticated) {
       ui.tokenSection.hidden = false;
       ui.model.textContent = "this server needs an access token";
@@ -259,7 +262,7 @@ async function stylize(): Promise<void> {
           const r = event.value;
           const mime = MIME[r.format] ?? "image/png";
           result = { bytes: r.image, mime, name: `stylized-${ui.seed.value || 0}.${mime.split("/")[1]}` };
-          show(r.image, mime, "result", `Result, ${r.width}×${r.height}`);
+          show(r.image, mime, "result", `Result, ${r.width} by ${r.height} pixels`);
           ui.progress.value = ui.progress.max;
           const why = r.stopReason === StopReason.CONVERGED ? "converged" : "budget spent";
           const seconds = r.timings?.totalS ?? 0;
@@ -277,6 +280,7 @@ async function stylize(): Promise<void> {
     } else {
       say("Failed.");
       showError(error);
+      if (error instanceof ConnectError && error.code === Code.Unauthenticated) ui.tokenSection.hidden = false;
     }
   } finally {
     running = null;
@@ -303,12 +307,15 @@ acceptDrops(ui.contentDrop, takeContent);
 acceptDrops(ui.styleDrop, takeStyles);
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
-  void stylize();
+  // Enter in the token field submits the form: the first submit connects, the next ones paint.
+  void (connected ? stylize() : connect());
 });
 ui.cancel.addEventListener("click", () => {
   say("Cancelling…");
   running?.abort();
 });
 ui.download.addEventListener("click", download);
-ui.token.addEventListener("change", () => void connect());
+ui.token.addEventListener("change", () => {
+  if (!connected) void connect();
+});
 void connect();
