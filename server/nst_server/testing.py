@@ -275,7 +275,8 @@ class InProcessServer(_Harness):
         await self.server.start()
         self.address = f"{self.config.host}:{self.server.port}"
         if self.server.http_port is not None:
-            self.http_url = f"http://{self.config.host}:{self.server.http_port}"
+            scheme = "https" if self.config.tls_cert is not None else "http"
+            self.http_url = f"{scheme}://{self.config.host}:{self.server.http_port}"
         self._started.set()
         await self._stop.wait()
         await self.server.shutdown()

@@ -7,8 +7,12 @@ A real process for SIGTERM: both ports drain together.
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
+import ssl
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from nst_server.transport.connect import CONNECT_CODE, PAGE_FILES
 from nst_server.transport.servicer import STATUS
 from PIL import Image
 
+from tests.client.support import self_signed
 from tests.requests import events, stylize_request
 from tests.web.connect_support import (
     END_STREAM,
@@ -259,6 +264,22 @@ def test_token_limits_and_cors(model_dir: Path, tmp_path: Path) -> None:
         preflight = get(server.http_url, f"{SERVICE}/Stylize", "OPTIONS", {"Origin": "https://app.example"})
         assert preflight.status == 204
         assert "authorization" in (preflight.getheader("access-control-allow-headers") or "")
+
+
+def test_tls_serves_https_with_the_grpc_ports_pair(model_dir: Path, tmp_path: Path) -> None:
+    """With --tls-cert/--tls-key the HTTP port is HTTPS, with the same certificate: plain HTTP gets no answer."""
+    cert, key = self_signed(tmp_path)
+    flags = ("--tls-cert", str(cert), "--tls-key", str(key), "--http-port", "0", "--drain", "0")
+    with running_server([model_dir], *flags) as server:
+        assert server.http_url.startswith("https://")
+        trusting = ssl.create_default_context(cafile=str(cert))
+        call = urllib.request.Request(
+            f"{server.http_url}{SERVICE}/DescribeModel", data=b"{}", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(call, context=trusting, timeout=60) as response:
+            assert json.loads(response.read())["models"]
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            describe_json(server.http_url.replace("https://", "http://"))
 
 
 @pytest.mark.slow  # a real process: signals and its exit status
