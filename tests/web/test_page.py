@@ -75,7 +75,7 @@ def _server(model_dir: Path) -> Iterator[InProcessServer]:
 
 @pytest.fixture(name="page")
 def _page(browser: Any, server: InProcessServer) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1200, "height": 820}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.add_init_script(RECORDER)
     page.errors = []
@@ -179,6 +179,7 @@ def test_cancel_stops_the_job_on_the_server(page: Any, server: InProcessServer, 
     playwright.expect(page.locator("#picture")).to_have_attribute("data-kind", "preview", timeout=WAIT_MS)
     _status(page, "Iteration")
     screenshot = tmp_path / "mid-job.png"
+    page.evaluate("window.scrollTo(0, 0)")  # clicking Stylize scrolled it into view
     page.screenshot(path=str(screenshot))
     _non_blank(screenshot)
     if os.environ.get("NST_UPDATE_DOCS") == "1":
