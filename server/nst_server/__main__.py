@@ -157,6 +157,10 @@ def _usage_problem(config: ServerConfig) -> str | None:
         )
     if config.cuda_graphs and config.device == "cpu":
         return "--cuda-graphs needs CUDA: it captures GPU work as CUDA graphs, and --device cpu has none"
+    if config.http_port is not None and not 0 <= config.http_port <= 65535:
+        return f"--http-port {config.http_port}: a TCP port is 0 (a free one) to 65535"
+    if config.http_allowed_origins and config.http_port is None:
+        return "--http-allow-origin is for the HTTP port: give --http-port too"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together: give both (TLS) or neither (plaintext)"
     return None

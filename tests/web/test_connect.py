@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from nst.v1.style_transfer_connect import StyleTransferServiceClientSync
+from nst_server.__main__ import main as server_main
 from nst_server.testing import InProcessServer, poll_until, running_server, start_server
 from nst_server.transport.connect import CONNECT_CODE, PAGE_FILES
 from nst_server.transport.servicer import STATUS
@@ -264,6 +265,23 @@ def test_token_limits_and_cors(model_dir: Path, tmp_path: Path) -> None:
         preflight = get(server.http_url, f"{SERVICE}/Stylize", "OPTIONS", {"Origin": "https://app.example"})
         assert preflight.status == 204
         assert "authorization" in (preflight.getheader("access-control-allow-headers") or "")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--http-port", "70000"], "--http-port 70000: a TCP port is 0 (a free one) to 65535"),
+        (["--http-allow-origin", "https://app.example"], "--http-allow-origin is for the HTTP port"),
+    ],
+)
+def test_http_flags_that_cannot_work_are_usage_errors(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line and exit 2, before any model is loaded."""
+    assert server_main(["--model", str(tmp_path / "no-model"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nst-server: error: {message}"), err
+    assert len(err.splitlines()) == 1, err
 
 
 def test_tls_serves_https_with_the_grpc_ports_pair(model_dir: Path, tmp_path: Path) -> None:
