@@ -60,12 +60,12 @@ export_model() {  # export_model WEIGHTS: the model directory of those weights, 
 status=0
 export_model "$weights" || status=$?
 if [[ $status -eq $exit_weights_unavailable && $weights_given == false ]]; then
-    echo
-    echo "!! ============================================================================================== !!"
-    echo "!! The ImageNet VGG19 weights cannot be downloaded here: continuing with --weights ranvgg, random   !!"
-    echo "!! weights rescaled to a trained net's activations. The picture will be recognisable, not ImageNet's. !!"
-    echo "!! ============================================================================================== !!"
-    echo
+    rule="!! $(printf '=%.0s' {1..100})"
+    echo "$rule"
+    echo "!! WARNING: the ImageNet VGG19 weights cannot be downloaded here (no internet?)."
+    echo "!! Continuing with --weights ranvgg: random weights rescaled to a trained net's activations (README, Models)."
+    echo "!! The picture will be recognisable, but it is not what ImageNet's weights would paint."
+    echo "$rule"
     weights="ranvgg"
     status=0
     export_model "$weights" || status=$?

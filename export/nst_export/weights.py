@@ -73,7 +73,8 @@ def fetch_published(weights: PublishedWeights, cache_dir: Path | None = None) ->
         except (urllib.error.URLError, OSError) as error:
             raise WeightsUnavailable(
                 f"cannot download {weights.name} weights from {weights.url} ({error}); on an offline machine "
-                f"copy the file to {target}, pass a local state dict (--weights PATH) or use --weights random"
+                f"copy the file to {target}, pass a local state dict (--weights PATH), or use --weights ranvgg (random "
+                "weights at a trained net's scale) or --weights random"
             ) from error
         except RuntimeError as error:  # torch.hub's hash mismatch
             raise ExportError(f"{weights.url}: {error}; the download is corrupt or was replaced") from error
