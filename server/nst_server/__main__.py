@@ -49,7 +49,10 @@ def _flag(limit: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """nst-server's flags, one group each; every default is ServerConfig's."""
     defaults = ServerConfig(model_dirs=())
-    parser = argparse.ArgumentParser(prog="nst-server", description="Serve Gatys style transfer over gRPC (and, with --http-port, Connect, gRPC-Web and a page).")
+    parser = argparse.ArgumentParser(
+        prog="nst-server",
+        description="Serve Gatys style transfer over gRPC (and, with --http-port, Connect, gRPC-Web and a page).",
+    )
     _add_serving_flags(parser.add_argument_group("serving"), defaults)
     _add_runtime_flags(parser.add_argument_group("runtime (onnxruntime)"), defaults)
     _add_limit_flags(parser.add_argument_group("limits (per server unless said)"), defaults)
