@@ -64,6 +64,11 @@ PAGE_FILES = {
     "/nst.js": ("nst.js", "text/javascript; charset=utf-8"),
     "/nst.css": ("nst.css", "text/css; charset=utf-8"),
 }
+# The page loads nothing from elsewhere and talks only to this port; previews and results are blob: URLs.
+_PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 # What a browser on an allowed origin may send and read (connectrpc.com/docs/cors).
 _CORS_ALLOW_HEADERS = (
     "authorization, content-type, connect-protocol-version, connect-timeout-ms, grpc-timeout, x-grpc-web, x-user-agent"
@@ -182,7 +187,8 @@ class HttpApp:
             await _respond(send, 404, b"not found\n", "text/plain")
             return
         body, content_type = page
-        await _respond(send, 200, body if method == "GET" else b"", content_type, [(b"cache-control", b"no-cache")])
+        page_headers = [(b"cache-control", b"no-cache"), (b"content-security-policy", _PAGE_POLICY.encode())]
+        await _respond(send, 200, body if method == "GET" else b"", content_type, page_headers)
 
 
 async def _respond(
