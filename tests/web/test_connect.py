@@ -213,6 +213,7 @@ def test_page_and_nothing_else(server: InProcessServer) -> None:
     for path in PAGE_FILES:
         response = get(server.http_url, path)
         assert (response.status, response.getheader("content-type")) == (200, PAGE_FILES[path][1]), path
+        assert "default-src 'none'" in (response.getheader("content-security-policy") or ""), path
         assert response.read()
     html = get(server.http_url, "/").read().decode()
     assert 'src="nst.js"' in html
