@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import get_args
 
-from . import auth
 from .app import load_models, serve
 from .config import MAX_SIDE_TILED_PX, MAX_SIDE_WHOLE_PX, MIN_TILE_PX, Limits, Placement, ServerConfig
-from .graphs import AUTO_PLACEMENT, DeviceUnavailableError
+from .runtime.graphs import AUTO_PLACEMENT
+from .runtime.sessions import DeviceUnavailableError
+from .transport import auth
 
 log = logging.getLogger("nst_server")
 
@@ -46,9 +47,22 @@ def _flag(limit: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = ServerConfig(model_dirs=())
-    parser = argparse.ArgumentParser(prog="nst-server", description="Serve Gatys style transfer over gRPC.")
-    parser.add_argument(
+    """nst-server's flags, one group each; every default is ServerConfig's."""
+    defaults = ServerConfig(model_dirs=())
+    parser = argparse.ArgumentParser(
+        prog="nst-server",
+        description="Serve Gatys style transfer over gRPC (and, with --http-port, Connect, gRPC-Web and a page).",
+    )
+    _add_serving_flags(parser.add_argument_group("serving"), defaults)
+    _add_runtime_flags(parser.add_argument_group("runtime (onnxruntime)"), defaults)
+    _add_limit_flags(parser.add_argument_group("limits (per server unless said)"), defaults)
+    _add_lifecycle_flags(parser.add_argument_group("connections and shutdown"), defaults)
+    _add_access_flags(parser.add_argument_group("access (default: plaintext, no authentication)"))
+    return parser
+
+
+def _add_serving_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
+    group.add_argument(
         "--model",
         dest="model_dirs",
         type=Path,
@@ -56,20 +70,47 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="model directory from nst-export; repeat to serve several (the first is the default)",
     )
-    parser.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=d.port, help=f"default {d.port}; 0 picks a free port")
-    parser.add_argument(
+    group.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}; 0.0.0.0 for all)")
+    group.add_argument("--port", type=int, default=d.port, help=f"default {d.port}; 0 picks a free port")
+    group.add_argument(
+        "--http-port",
+        type=int,
+        default=d.http_port,
+        metavar="PORT",
+        help="also serve the Connect protocol (JSON and binary) and gRPC-Web, and the page to paint with at "
+        "http://HOST:PORT/, on this port (default: not served; 0 picks a free port); same jobs, limits and token",
+    )
+    group.add_argument(
+        "--http-allow-origin",
+        dest="http_allowed_origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (scheme://host[:port], or * for any) call the HTTP port (CORS); repeat for "
+        "several (default: none, only the page the server itself serves)",
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        default=d.metrics_port,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: not served; 0 picks a free port)",
+    )
+    group.add_argument("--metrics-host", default=d.metrics_host, help="address for the metrics (default: --host)")
+
+
+def _add_runtime_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
+    group.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
         default=d.device,
         help="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (default)",
     )
-    parser.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per job (0 = all cores)")
+    group.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per job (0 = all cores)")
     auto = "; ".join(
         f"on {device} " + ", ".join(f"{optimizer} {where}" for optimizer, where in placements.items())
         for device, placements in AUTO_PLACEMENT.items()
     )
-    parser.add_argument(
+    group.add_argument(
         "--optimizer-placement",
         choices=get_args(Placement),
         default=d.optimizer_placement,
@@ -77,24 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(step graphs on the model's device; only loss scalars cross), or auto: per device, {auto} "
         f"(default {d.optimizer_placement})",
     )
-    parser.add_argument(
+    group.add_argument(
         "--cuda-graphs",
         action="store_true",
         help="CUDA only: replay the device-placed Adam step as captured CUDA graphs (one per scale); the loss graph "
         "and L-BFGS's steps are not captured (host copies; scalars read each run)",
     )
-    for limit, what in _LIMIT_FLAGS.items():
-        parser.add_argument(
-            _flag(limit), type=int, default=getattr(d.limits, limit), help=f"{what} (default %(default)s)"
-        )
-    parser.add_argument(
-        "--max-side",
-        dest="max_side_px",
-        type=int,
-        default=None,
-        help=f"longest output side in px (default {MAX_SIDE_TILED_PX}, or {MAX_SIDE_WHOLE_PX} with --tile-size 0)",
-    )
-    parser.add_argument(
+    group.add_argument(
         "--tile-size",
         dest="tile_px",
         type=int,
@@ -104,26 +134,37 @@ def build_parser() -> argparse.ArgumentParser:
         f"side exceeds one such tile (PX + 320 px), so memory follows PX, not the image; a multiple of 16 from "
         f"{MIN_TILE_PX}, or 0 for whole images only (default {d.tile_px})",
     )
-    for dest, (flag, what) in _SECONDS_FLAGS.items():
-        parser.add_argument(flag, dest=dest, type=float, default=getattr(d, dest), help=f"{what} (default %(default)g)")
-    parser.add_argument(
-        "--metrics-port",
+
+
+def _add_limit_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
+    for limit, what in _LIMIT_FLAGS.items():
+        group.add_argument(
+            _flag(limit), type=int, default=getattr(d.limits, limit), help=f"{what} (default %(default)s)"
+        )
+    group.add_argument(
+        "--max-side",
+        dest="max_side_px",
         type=int,
-        default=d.metrics_port,
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: not served; 0 picks a free port)",
+        default=None,
+        help=f"longest output side in px (default {MAX_SIDE_TILED_PX}, or {MAX_SIDE_WHOLE_PX} with --tile-size 0)",
     )
-    parser.add_argument("--metrics-host", default=d.metrics_host, help="address for the metrics (default: --host)")
-    access = parser.add_argument_group("access (default: plaintext, no authentication)")
-    access.add_argument("--tls-cert", type=Path, metavar="PATH", help="PEM certificate chain: serve TLS only")
-    access.add_argument("--tls-key", type=Path, metavar="PATH", help="PEM private key of --tls-cert (both or neither)")
-    access.add_argument(
+
+
+def _add_lifecycle_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
+    for dest, (flag, what) in _SECONDS_FLAGS.items():
+        group.add_argument(flag, dest=dest, type=float, default=getattr(d, dest), help=f"{what} (default %(default)g)")
+
+
+def _add_access_flags(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--tls-cert", type=Path, metavar="PATH", help="PEM certificate chain: serve TLS only")
+    group.add_argument("--tls-key", type=Path, metavar="PATH", help="PEM private key of --tls-cert (both or neither)")
+    group.add_argument(
         "--token-file",
         type=Path,
         metavar="PATH",
         help=f"require this bearer token (whitespace stripped) on every call but health; "
         f"default ${auth.TOKEN_ENV} when set",
     )
-    return parser
 
 
 def _usage_problem(config: ServerConfig) -> str | None:
@@ -139,6 +180,10 @@ def _usage_problem(config: ServerConfig) -> str | None:
         )
     if config.cuda_graphs and config.device == "cpu":
         return "--cuda-graphs needs CUDA: it captures GPU work as CUDA graphs, and --device cpu has none"
+    if config.http_port is not None and not 0 <= config.http_port <= 65535:
+        return f"--http-port {config.http_port}: a TCP port is 0 (a free one) to 65535"
+    if config.http_allowed_origins and config.http_port is None:
+        return "--http-allow-origin is for the HTTP port: give --http-port too"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together: give both (TLS) or neither (plaintext)"
     return None
@@ -156,7 +201,15 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
     if settings["max_side_px"] is None:
         settings["max_side_px"] = MAX_SIDE_TILED_PX if args.tile_px else MAX_SIDE_WHOLE_PX
     limits = Limits(**{limit.name: settings.pop(limit.name) for limit in dataclasses.fields(Limits)})
-    return ServerConfig(**{**settings, "model_dirs": tuple(args.model_dirs), "limits": limits, "token": token})
+    return ServerConfig(
+        **{
+            **settings,
+            "model_dirs": tuple(args.model_dirs),
+            "http_allowed_origins": tuple(args.http_allowed_origins),
+            "limits": limits,
+            "token": token,
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
