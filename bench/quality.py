@@ -445,12 +445,13 @@ def table(results: dict[str, Any]) -> str:
     """Every run of every case: time to reach each peer's final loss, as a fraction of that peer's time."""
     header = "| loss | pair | size | run | evaluations (full-size equivalent) | final loss (8-bit, PyTorch) | s |"
     header += " reaches scipy-lbfgsb's final loss after s (ratio) | reaches torch-lbfgs's | reaches c2f-scipy's |"
-    header += " load before → after |"
+    header += " machine (threads), load before → after |"
     lines = [header, "|" + "---|" * 11]
     for entry in sorted(results["sizes"], key=entry_key):
         runs = entry["runs"]
         peers = {name: run for name, run in runs.items() if run["kind"] == "peer"}
         loss, pair, side = entry_key(entry)
+        about = entry.get("machine") or results["machine"]
         for name, run in runs.items():
             equivalents = run.get("full_size_evaluations", run["evaluations"])
             cells = []
@@ -469,7 +470,7 @@ def table(results: dict[str, Any]) -> str:
                 f"| {losses.LABELS[loss]} | {pair} | {side} px ({entry['size'][0]}x{entry['size'][1]}) "
                 f"| {name} ({run['kind']}) | {run['evaluations']} ({equivalents:.1f}) | {run['final_loss']:.5g} "
                 f"({run['final_loss_8bit']:.5g}) | {run['seconds']:.0f} | {' | '.join(cells)} | "
-                f"{before:.1f} → {after:.1f} |"
+                f"{about['cpu']} ({about['threads']}), {before:.1f} → {after:.1f} |"
             )
     return "\n".join(lines)
 
