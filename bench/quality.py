@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "--schedule",
         action="append",
         help="service runs, NAME[:option=value,...] (default: 'default' = the server's defaults with the peers' "
-        "budget, and 'single-scale' = scales=1 with the same budget)",
+        "budget, and 'single-scale' = scales=1 with the same budget; 'none': peers only)",
     )
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS), help="which peers (default all)")
     parser.add_argument(
@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         render(results, args.out, args.doc)
         return 0
     specs = args.schedule or ["default:max_evaluations={budget}", "single-scale:scales=1,max_evaluations={budget}"]
+    specs = [spec for spec in specs if spec != "none"]  # --schedule none: peers only
     from nst_client import StyleClient
     from nst_server.testing import start_server
 
