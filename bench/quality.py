@@ -549,7 +549,7 @@ def render(results: dict[str, Any], out: Path, doc_path: Path = DOC) -> None:
     figure.savefig(out / PLOT, dpi=90)
     machines = {json.dumps(entry.get("machine") or results["machine"], sort_keys=True) for entry in entries}
     about = "; ".join(
-        f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {m['threads']} threads for every run"
+        f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {m['threads']} thread(s) per run"
         for m in map(json.loads, sorted(machines))
     )
     text = (
