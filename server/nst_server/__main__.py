@@ -16,6 +16,7 @@ from . import auth
 from .app import load_models, serve
 from .config import MAX_SIDE_TILED_PX, MAX_SIDE_WHOLE_PX, MIN_TILE_PX, Limits, Placement, ServerConfig
 from .graphs import AUTO_PLACEMENT, DeviceUnavailableError
+from .memory import DEFAULT_MEMORY_FRACTION, parse_size
 
 log = logging.getLogger("nst_server")
 
@@ -38,6 +39,13 @@ _SECONDS_FLAGS = {  # ServerConfig field: (flag, what it times)
         "seconds before a client connection is asked to reconnect, running calls unaffected; 0 = never",
     ),
 }
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _flag(limit: str) -> str:
@@ -87,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             _flag(limit), type=int, default=getattr(d.limits, limit), help=f"{what} (default %(default)s)"
         )
+    parser.add_argument(
+        "--max-memory",
+        dest="max_memory_bytes",
+        type=_size,
+        default=d.max_memory_bytes,
+        metavar="SIZE",
+        help="memory for the server, e.g. 6G or 512M: a job starts only when its estimated peak fits beside the "
+        "running jobs' (less what the server holds itself), and one that could never fit is refused at once "
+        f"(default {DEFAULT_MEMORY_FRACTION:.0%} of the cgroup's memory limit, else of physical memory)",
+    )
     parser.add_argument(
         "--max-side",
         dest="max_side_px",
@@ -187,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # cannot listen, or the TLS files cannot be read or do not match
         message = f"cannot read {error.filename}: {error.strerror}" if error.filename else str(error)
         print(f"nst-server: error: {message}", file=sys.stderr)
+        return 1
+    except ValueError as error:  # --max-memory below what the loaded models already take
+        print(f"nst-server: error: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
-from . import auth
+from . import auth, memory
 from .admission import Admission
 from .config import ServerConfig
 from .errors import ShuttingDown
@@ -65,7 +65,8 @@ class Server:
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)))
         interceptors = [auth.BearerTokenInterceptor(config.token)] if config.token is not None else []
         self.grpc = grpc.aio.server(options=options, interceptors=interceptors)
-        self.admission = Admission(config.limits.max_concurrent, config.limits.max_queue)
+        self.memory_budget, self.memory_summary = memory_budget(config.max_memory_bytes)
+        self.admission = Admission(config.limits.max_concurrent, config.limits.max_queue, self.memory_budget)
         self.metrics = Metrics(self.admission, models)  # recorded always (it is cheap), published only when asked
         self.servicer = StyleTransferServicer(models, config, self.admission, self.metrics)
         pb_grpc.add_StyleTransferServiceServicer_to_server(self.servicer, self.grpc)
@@ -86,6 +87,7 @@ class Server:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("access: %s", _access_summary(config))
+        log.info("memory: %s", self.memory_summary)
         devices = ", ".join(sorted({model.device for model in self.models}))
         log.info("listening on %s:%d (device %s)", config.host, self.port, devices)
 
@@ -119,6 +121,27 @@ class Server:
         await self.grpc.stop(grace=1.0)
         self.metrics.close()
         log.info("stopped")
+
+
+def memory_budget(max_memory_bytes: int | None) -> tuple[int, str]:
+    """What jobs may reserve together (``max_memory_bytes``, or the default, less this process's resident memory
+    now, with its models loaded), and a line saying so for the log.
+
+    Raises:
+        ValueError: nothing is left for jobs.
+    """
+    total, source = (max_memory_bytes, "--max-memory") if max_memory_bytes else memory.default_max_memory()
+    resident = memory.resident_bytes()
+    if total <= resident:
+        raise ValueError(
+            f"--max-memory {memory.format_bytes(total)} ({source}) leaves nothing for jobs: the server already holds "
+            f"{memory.format_bytes(resident)} with its models loaded"
+        )
+    summary = (
+        f"{memory.format_bytes(total - resident)} for jobs: {memory.format_bytes(total)} ({source}) less "
+        f"{memory.format_bytes(resident)} resident"
+    )
+    return total - resident, summary
 
 
 def create_server(config: ServerConfig, models: Sequence[LossModel]) -> Server:

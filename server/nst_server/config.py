@@ -50,6 +50,9 @@ class ServerConfig:
     # parity, in a session of the job's own; CUDA only. See graphs.LossGraphs for what is and is not captured.
     cuda_graphs: bool = False
     limits: Limits = field(default_factory=Limits)
+    # Jobs start only while their estimated peaks (memory.peak_bytes) fit, together, in this less what the server
+    # holds once its models are loaded; None = memory.default_max_memory (a share of the cgroup limit or of RAM).
+    max_memory_bytes: int | None = None
     # Images whose longer side exceeds one tile with its halo (this + 2 x 160 px, TileGraphs.whole_max_side_px) are
     # evaluated exactly in tiles of this size, so memory follows the tile size, not the image's; 0 = whole images
     # only. A multiple of 16, the pooling grid.

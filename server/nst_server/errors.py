@@ -26,6 +26,11 @@ class Overloaded(JobError):
     """Every running slot and every queue place is taken."""
 
 
+class OverMemory(JobError):
+    """The job's estimated peak memory (``memory.peak_bytes``) is more than the server's whole budget: it could
+    never run, so it is refused at once rather than queued."""
+
+
 class ShuttingDown(JobError):
     """The server is draining: it takes no new jobs, or its grace period for running ones has passed."""
 

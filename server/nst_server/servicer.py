@@ -9,27 +9,29 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from nst.events import Event, Progress, Queued, Result
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
-from . import codec, pipeline
+from . import codec, memory, pipeline
 from .admission import Admission, Reservation
 from .config import ServerConfig
-from .errors import Cancelled, InternalError, InvalidRequest, JobError, Overloaded, ShuttingDown
+from .errors import Cancelled, InternalError, InvalidRequest, JobError, Overloaded, OverMemory, ShuttingDown
 from .job import Job
 from .metrics import Metrics
 from .model import LossModel
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The status each kind of ending reaches the caller with: the one place domain errors meet gRPC.
 STATUS: dict[type[JobError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    OverMemory: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     Cancelled: grpc.StatusCode.CANCELLED,
     InternalError: grpc.StatusCode.INTERNAL,
@@ -85,12 +87,19 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         outcome, code, job, last = "error", grpc.StatusCode.UNKNOWN, None, None
         recorder = self._metrics.job()
         try:
-            reservation = self._admission.reserve()
+            loop = asyncio.get_running_loop()
+            # The cheap checks and the memory estimate, from the headers: nothing is decoded before admission.
+            planned = await loop.run_in_executor(None, _guarded, job_id, codec.plan_request, request, self._models,
+                                                 self._config)  # fmt: skip
+            reservation = self._admission.reserve(planned.peak_bytes, _breakdown(planned))
             try:
-                loop = asyncio.get_running_loop()
-                job = await loop.run_in_executor(None, _job_from_request, request, job_id, self._models, self._config)
                 async for position in reservation.positions():
                     yield codec.to_response(Queued(job_id, position))
+                # Decoded only now, within the job's reservation: a queued job holds its encoded bytes alone.
+                decoding = loop.run_in_executor(None, _guarded, job_id, codec.job_from_request, request, job_id,
+                                                self._models, self._config, planned)  # fmt: skip
+                reservation.hold_until(decoding)  # a caller who leaves mid-decode frees nothing until it has ended
+                job = await decoding
                 async for event in self._run(job, reservation, time.perf_counter() - received):
                     last = event if isinstance(event, Progress | Result) else last
                     recorder.event(event)
@@ -100,7 +109,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
                         outcome, code = "ok", grpc.StatusCode.OK
                     yield codec.to_response(event)
             finally:
-                reservation.release()  # no-op once the job's own release ran; frees a queue place otherwise
+                reservation.release()  # at once, or when the decode or run it holds has ended
         except JobError as error:
             outcome, code = type(error).__name__, status_of(error)
             await context.abort(code, str(error))
@@ -128,7 +137,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         if self._stopped is not None:  # granted its slot just before stop_all, but only running now
             stop.set(self._stopped)
         work = loop.run_in_executor(self._workers, _run_job, job, graphs, emit, stop, queued_s)
-        work.add_done_callback(lambda _: reservation.release())
+        reservation.hold_until(work)
         self._running[job.job_id] = stop
         try:
             while True:
@@ -150,16 +159,15 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
             stop.set(reason)
 
 
-def _job_from_request(
-    request: pb.StylizeRequest, job_id: str, models: Sequence[LossModel], config: ServerConfig
-) -> Job:
-    """codec.job_from_request; a bug in it reaches the caller as INTERNAL naming the job, as one in a run does.
+def _guarded(job_id: str, read: Callable[..., T], *args: Any) -> T:
+    """``read(*args)`` (codec's planning or decoding of a request); a bug in it reaches the caller as INTERNAL
+    naming the job, as one in a run does.
 
     Without this an unexpected exception while reading a request (a Pillow plugin's own error type, say) would
     leave the handler and reach the caller as UNKNOWN carrying Python's repr of it.
     """
     try:
-        return codec.job_from_request(request, job_id, models, config)
+        return read(*args)
     except JobError:
         raise
     except Exception as error:
@@ -167,6 +175,12 @@ def _job_from_request(
         raise InternalError(
             f"internal error in job {job_id} while reading the request: {type(error).__name__}"
         ) from error
+
+
+def _breakdown(planned: codec.PlannedJob) -> str:
+    """The largest terms of a job's memory estimate, for the message that refuses it."""
+    terms = sorted(memory.parts(planned.plan).items(), key=lambda item: -item[1])[:3]
+    return ", ".join(f"{name} {memory.format_bytes(size)}" for name, size in terms)
 
 
 def _run_job(

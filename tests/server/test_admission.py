@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from nst_server.admission import Admission
-from nst_server.errors import Overloaded, ShuttingDown
+from nst_server.errors import Overloaded, OverMemory, ShuttingDown
 
 
 def test_slots_then_queue_then_refusal() -> None:
@@ -79,3 +79,23 @@ def test_close_refuses_new_jobs_and_idle_waits_for_the_last() -> None:
         await asyncio.wait_for(idle, timeout=5)
 
     asyncio.run(scenario())
+
+
+def test_memory_budget_holds_jobs_that_do_not_fit_beside_the_running_ones() -> None:
+    """With slots to spare, a job waits while its estimate does not fit beside the running jobs'; it starts once
+    they release, and jobs behind it keep their order (a small one never overtakes it)."""
+    admission = Admission(max_running=4, max_queued=4, memory_budget=1000)
+    big, second_big, small = admission.reserve(700), admission.reserve(700), admission.reserve(100)
+    assert (big.granted, second_big.granted, small.granted) == (True, False, False)
+    assert admission.reserved_bytes == 700
+    big.release()
+    assert (second_big.granted, small.granted) == (True, True)
+    assert admission.reserved_bytes == 800
+
+
+def test_a_job_over_the_whole_budget_is_refused_at_once_naming_estimate_and_budget() -> None:
+    """Estimate above the budget: OverMemory with both figures, nothing reserved or queued."""
+    admission = Admission(max_running=1, max_queued=8, memory_budget=3 << 30)
+    with pytest.raises(OverMemory, match=r"estimated 6\.00 GiB .*\(inputs 5 GiB\).* the 3\.00 GiB"):
+        admission.reserve(6 << 30, "inputs 5 GiB")
+    assert (admission.running, admission.queued, admission.reserved_bytes) == (0, 0, 0)
