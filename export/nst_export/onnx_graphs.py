@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from nst_server import manifest as mf
+from nst import manifest as mf
 from onnx import TensorProto, helper, numpy_helper
 
 from .reference import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD

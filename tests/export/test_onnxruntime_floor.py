@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nst import manifest as mf
 from nst_export.onnx_graphs import MIN_ONNXRUNTIME
-from nst_server import manifest as mf
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "onnxruntime-floor"

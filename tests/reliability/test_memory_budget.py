@@ -20,8 +20,7 @@ from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from nst_server.testing import poll_until, start_server
 
 from tests.reliability.support import report, wait_idle
-from tests.requests import assert_serves, status_of
-from tests.server.test_memory import worst_small_request
+from tests.requests import assert_serves, status_of, worst_small_request
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
