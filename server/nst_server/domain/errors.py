@@ -22,6 +22,14 @@ def untiled_only(what: str, found: str, whole_max_side_px: int | None) -> Invali
     )
 
 
+class NonFiniteLoss(JobError):
+    """The loss (or the image it moved) stopped being a finite number: float32 overflowed, or a gradient was NaN.
+
+    With the codec's bounded weights no request is known to reach it; it ends the job naming the term and the
+    evaluation rather than return NaN losses or a black image marked OK.
+    """
+
+
 class Overloaded(JobError):
     """Every running slot and every queue place is taken."""
 

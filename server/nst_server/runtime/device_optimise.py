@@ -36,6 +36,7 @@ from ..domain.optimise import (
     Run,
     Step,
     adam_schedule,
+    check_finite,
 )
 from . import step_graphs
 from .sessions import CUDA_PROVIDER, SessionEvaluator
@@ -194,6 +195,7 @@ class DeviceOptimiser:
             if run.should_stop():
                 raise Cancelled("job cancelled")
             losses = self._evaluate(x[now], grad)
+            check_finite(losses, step)
             run.on_step(Step(step, step, losses, self._download(x[now])))
             if run.converged(losses.total):
                 return Outcome(self._download(x[now])(), losses, step, step, StopReason.CONVERGED)
@@ -220,7 +222,9 @@ class DeviceOptimiser:
             if run.should_stop():
                 raise Cancelled("job cancelled")
             evaluations += 1
-            return self._evaluate(point, state.grad_next)
+            losses = self._evaluate(point, state.grad_next)
+            check_finite(losses, evaluations)
+            return losses
 
         x, trial = self._upload(run.x0), self._image()
         losses = evaluate(x)

@@ -63,6 +63,9 @@ _STOP_REASON_TO_PB = {
 MAX_LBFGS_HISTORY = 100
 MAX_SCALES = 8
 MAX_STYLE_SCALE = 4.0
+# Of any loss, blend or layer weight. The defaults are about 1 to 1e6; a float32 loss of squared differences of
+# unit-scale features times 1e12 stays far below float32's 3e38, and so do its gradients.
+MAX_WEIGHT = 1e12
 
 
 def _enum(field: str, value: int, table: dict[int, T], wrapper: EnumTypeWrapper) -> T:
@@ -72,14 +75,15 @@ def _enum(field: str, value: int, table: dict[int, T], wrapper: EnumTypeWrapper)
     return table[value]
 
 
-def _non_negative(field: str, value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise InvalidRequest(f"{field}: {value} is not allowed; expected a finite number >= 0")
+def _bounded_weight(field: str, value: float) -> float:
+    """A weight in [0, MAX_WEIGHT]: beyond it float32 losses overflow (1e300 gave NaN losses and a black image)."""
+    if not math.isfinite(value) or not 0 <= value <= MAX_WEIGHT:
+        raise InvalidRequest(f"{field}: {value} is not allowed; expected a finite number from 0 to {MAX_WEIGHT:g}")
     return value
 
 
 def _weight(field: str, options: pb.StylizeOptions, default: float) -> float:
-    return _non_negative(f"options.{field}", getattr(options, field)) if options.HasField(field) else default
+    return _bounded_weight(f"options.{field}", getattr(options, field)) if options.HasField(field) else default
 
 
 def _min_improvement(options: pb.StylizeOptions) -> float:
@@ -108,7 +112,7 @@ def _layers(field: str, names: Sequence[str], exported: tuple[str, ...]) -> tupl
 
 
 def _style_layer_weights(options: pb.StylizeOptions, style_layers: tuple[str, ...]) -> tuple[float, ...]:
-    weights = tuple(_non_negative("options.style_layer_weights", w) for w in options.style_layer_weights)
+    weights = tuple(_bounded_weight("options.style_layer_weights", w) for w in options.style_layer_weights)
     if weights and len(weights) != len(style_layers):
         raise InvalidRequest(
             f"options.style_layer_weights: {len(weights)} given for {len(style_layers)} style layers "
@@ -222,7 +226,7 @@ def _style_size(
     its fields checked."""
     field = f"style_images[{index}]"
     if style.HasField("blend_weight"):
-        _non_negative(f"{field}.blend_weight", style.blend_weight)
+        _bounded_weight(f"{field}.blend_weight", style.blend_weight)
     scale = style.scale if style.HasField("scale") else 1.0
     if not math.isfinite(scale) or not 0 < scale <= MAX_STYLE_SCALE:
         raise InvalidRequest(f"{field}.scale: {scale} is not allowed; expected 0 < scale <= {MAX_STYLE_SCALE:g}")

@@ -18,7 +18,16 @@ from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from ..config import ServerConfig
 from ..domain import memory, pipeline
-from ..domain.errors import Cancelled, InternalError, InvalidRequest, JobError, Overloaded, OverMemory, ShuttingDown
+from ..domain.errors import (
+    Cancelled,
+    InternalError,
+    InvalidRequest,
+    JobError,
+    NonFiniteLoss,
+    Overloaded,
+    OverMemory,
+    ShuttingDown,
+)
 from ..domain.job import Job
 from ..domain.model import LossModel
 from . import codec
@@ -31,6 +40,7 @@ T = TypeVar("T")
 # The status each kind of ending reaches the caller with: the one place domain errors meet gRPC.
 STATUS: dict[type[JobError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NonFiniteLoss: grpc.StatusCode.INVALID_ARGUMENT,  # the request's weights are the one known cause
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     OverMemory: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,

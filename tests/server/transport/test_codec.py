@@ -249,3 +249,25 @@ def test_the_worst_small_request_is_planned_at_its_working_sizes_without_decodin
     assert memory.parts(plan)["inputs"] == 12 * 4096 * 4096 * 10  # content, init and 8 styles: 1,920 MiB
     assert memory.peak_bytes(plan) > 1920 << 20
     assert codec.plan_request(request, tiled, ServerConfig(model_dirs=())).peak_bytes == memory.peak_bytes(plan)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (_request(content_weight=1e300), "options.content_weight: 1e+300 is not allowed; expected a finite number "
+         "from 0 to 1e+12"),
+        (_request(style_weight=1.5e12), "options.style_weight: 1500000000000.0 is not allowed"),
+        (_request(style_layer_weights=[1, 1, 1, 1, 1e13]), "options.style_layer_weights: 10000000000000.0 is not allowed"),
+        (pb.StylizeRequest(content_image=png(80, 60),
+                           style_images=[pb.StyleImage(image=png(64, 64), blend_weight=1e20)]),
+         "style_images[0].blend_weight: 1e+20 is not allowed"),
+    ],
+)  # fmt: skip
+def test_weights_are_bounded(request_: pb.StylizeRequest, message: str) -> None:
+    """content_weight 1e300 returned OK with NaN losses and a black image (Adam) or the untouched photo (L-BFGS):
+    weights above 1e12 are refused before anything is decoded."""
+    assert message in _refused(request_)
+
+
+def test_the_largest_weight_is_allowed() -> None:
+    assert _job(_request(content_weight=1e12)).options.loss_weights.content == 1e12  # type: ignore[union-attr]
