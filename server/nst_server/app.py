@@ -11,7 +11,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nst.v1 import style_transfer_pb2 as pb
-from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from .config import ServerConfig
 from .domain import memory
@@ -21,7 +20,7 @@ from .runtime.graphs import LossGraphs
 from .transport import auth
 from .transport.admission import Admission
 from .transport.metrics import Metrics
-from .transport.servicer import StyleTransferServicer
+from .transport.servicer import StyleTransferServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class Server:
         self.admission = Admission(config.limits.max_concurrent, config.limits.max_queue, self.memory_budget)
         self.metrics = Metrics(self.admission, models)  # recorded always (it is cheap), published only when asked
         self.servicer = StyleTransferServicer(models, config, self.admission, self.metrics)
-        pb_grpc.add_StyleTransferServiceServicer_to_server(self.servicer, self.grpc)
+        add_to_server(self.servicer, self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)

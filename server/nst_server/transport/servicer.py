@@ -9,9 +9,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from nst.events import Event, Progress, Queued, Result
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
@@ -36,6 +38,7 @@ from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 # The status each kind of ending reaches the caller with: the one place domain errors meet gRPC.
 STATUS: dict[type[JobError], grpc.StatusCode] = {
@@ -70,6 +73,50 @@ class _Stop:
         return self._event.is_set()
 
 
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """What a request's bytes became when they did not parse as its message: the handler answers INVALID_ARGUMENT
+    and counts the call. gRPC itself would answer UNKNOWN with a Python class name and log a traceback."""
+
+    message: str
+    error: str
+
+    def refusal(self) -> InvalidRequest:
+        return InvalidRequest(f"request: not a valid {self.message} ({self.error})")
+
+
+def lenient(message: type[M]) -> Callable[[bytes], M | Malformed]:
+    """A request deserializer that never raises: bytes that are no ``message`` (bad tags, wrong wire types,
+    truncation, invalid UTF-8 in a string) become ``Malformed``."""
+
+    def parse(data: bytes) -> M | Malformed:
+        try:
+            return message.FromString(data)
+        except DecodeError as error:
+            return Malformed(message.DESCRIPTOR.name, str(error) or "cannot be parsed")
+
+    return parse
+
+
+def add_to_server(servicer: StyleTransferServicer, server: grpc.aio.Server) -> None:
+    """``pb_grpc.add_StyleTransferServiceServicer_to_server`` with lenient deserializers (``lenient``)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Stylize": grpc.unary_stream_rpc_method_handler(
+            servicer.Stylize,
+            request_deserializer=lenient(pb.StylizeRequest),
+            response_serializer=pb.StylizeResponse.SerializeToString,
+        ),
+        "DescribeModel": grpc.unary_unary_rpc_method_handler(
+            servicer.DescribeModel,
+            request_deserializer=lenient(pb.DescribeModelRequest),
+            response_serializer=pb.DescribeModelResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["StyleTransferService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
     """Stylize and DescribeModel over the loaded models."""
 
@@ -86,18 +133,22 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         self._stopped: JobError | None = None  # set by stop_all: a job that starts after it stops at once
 
     async def DescribeModel(  # noqa: N802 (gRPC's method name)
-        self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.DescribeModelRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DescribeModelResponse:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.refusal()))
         return codec.describe(self._models, self._config)
 
     async def Stylize(  # noqa: N802
-        self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.StylizeRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.StylizeResponse]:
         job_id = uuid.uuid4().hex[:12]
         received = time.perf_counter()
         outcome, code, job, last = "error", grpc.StatusCode.UNKNOWN, None, None
         recorder = self._metrics.job()
         try:
+            if isinstance(request, Malformed):
+                raise request.refusal()
             loop = asyncio.get_running_loop()
             # The cheap checks and the memory estimate, from the headers: nothing is decoded before admission.
             planned = await loop.run_in_executor(None, _guarded, job_id, codec.plan_request, request, self._models,

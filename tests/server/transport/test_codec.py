@@ -257,7 +257,8 @@ def test_the_worst_small_request_is_planned_at_its_working_sizes_without_decodin
         (_request(content_weight=1e300), "options.content_weight: 1e+300 is not allowed; expected a finite number "
          "from 0 to 1e+12"),
         (_request(style_weight=1.5e12), "options.style_weight: 1500000000000.0 is not allowed"),
-        (_request(style_layer_weights=[1, 1, 1, 1, 1e13]), "options.style_layer_weights: 10000000000000.0 is not allowed"),
+        (_request(style_layer_weights=[1, 1, 1, 1, 1e13]),
+         "options.style_layer_weights: 10000000000000.0 is not allowed"),
         (pb.StylizeRequest(content_image=png(80, 60),
                            style_images=[pb.StyleImage(image=png(64, 64), blend_weight=1e20)]),
          "style_images[0].blend_weight: 1e+20 is not allowed"),
