@@ -140,6 +140,15 @@ def _add_limit_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
         f"(default {DEFAULT_MEMORY_FRACTION:.0%} of the cgroup's memory limit, else of physical memory)",
     )
     group.add_argument(
+        "--max-response-bytes",
+        dest="max_response_bytes",
+        type=int,
+        default=d.max_response_bytes,
+        metavar="N",
+        help="largest response message (a preview or the result), apart from --max-message-bytes; a job whose "
+        "result could exceed it is refused before it starts (default: what a --max-side square PNG may take)",
+    )
+    group.add_argument(
         "--max-side",
         dest="max_side_px",
         type=int,
@@ -171,6 +180,8 @@ def _usage_problem(config: ServerConfig) -> str | None:
         least = 0 if limit.name == "max_queue" else 1  # a server may refuse to queue at all
         if getattr(config.limits, limit.name) < least:
             return f"{_flag(limit.name)} must be at least {least}"
+    if config.max_response_bytes is not None and config.max_response_bytes < 1:
+        return "--max-response-bytes must be at least 1"
     if config.tile_px and (config.tile_px < MIN_TILE_PX or config.tile_px % 16):
         return (
             f"--tile-size {config.tile_px}: must be 0 (whole images only) or a multiple of 16 px (the pooling grid) "

@@ -17,7 +17,7 @@ from .domain import memory
 from .domain.errors import ShuttingDown
 from .domain.model import LossModel
 from .runtime.graphs import LossGraphs
-from .transport import auth
+from .transport import auth, codec
 from .transport.admission import Admission
 from .transport.metrics import Metrics
 from .transport.servicer import StyleTransferServicer, add_to_server
@@ -53,10 +53,10 @@ class Server:
     def __init__(self, config: ServerConfig, models: Sequence[LossModel]) -> None:
         self.config = config
         self.models = models
-        limit = config.limits.max_message_bytes + _MESSAGE_OVERHEAD_BYTES
         options: list[tuple[str, int]] = [
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", config.limits.max_message_bytes + _MESSAGE_OVERHEAD_BYTES),
+            # Apart from the request's: every job's result is checked against it before the job starts.
+            ("grpc.max_send_message_length", codec.send_limit(config)),
         ]
         if config.max_connection_age_s > 0:
             # GOAWAY after this age makes clients open a new connection, re-resolving a dns:/// target on the way,

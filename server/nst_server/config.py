@@ -53,6 +53,10 @@ class ServerConfig:
     # Jobs start only while their estimated peaks (memory.peak_bytes) fit, together, in this less what the server
     # holds once its models are loaded; None = memory.default_max_memory (a share of the cgroup limit or of RAM).
     max_memory_bytes: int | None = None
+    # Of one response message (a preview or the result), apart from --max-message-bytes, the request's limit. None =
+    # what the largest output the server allows (--max-side squared) may take encoded (codec.send_limit), so no
+    # result is ever computed that cannot be sent; set lower, jobs whose result could exceed it are refused.
+    max_response_bytes: int | None = None
     # Images whose longer side exceeds one tile with its halo (this + 2 x 160 px, TileGraphs.whole_max_side_px) are
     # evaluated exactly in tiles of this size, so memory follows the tile size, not the image's; 0 = whole images
     # only. A multiple of 16, the pooling grid.

@@ -360,6 +360,28 @@ class PlannedJob:
         return memory.peak_bytes(self.plan)
 
 
+RESPONSE_OVERHEAD_BYTES = 64 * 1024  # a Result's other fields and protobuf's framing, with room to spare
+
+
+def send_limit(config: ServerConfig) -> int:
+    """The largest response message the server sends: --max-response-bytes, or by default what the largest output
+    it allows may take encoded (``images.max_encoded_bytes``)."""
+    if config.max_response_bytes is not None:
+        return config.max_response_bytes
+    side = config.limits.max_side_px
+    return images.max_encoded_bytes((side, side)) + RESPONSE_OVERHEAD_BYTES
+
+
+def _check_sendable(size: tuple[int, int], config: ServerConfig) -> None:
+    """A result (or preview) that could not be sent is refused before the job starts, not found after computing it."""
+    needed, limit = images.max_encoded_bytes(size) + RESPONSE_OVERHEAD_BYTES, send_limit(config)
+    if needed > limit:
+        raise InvalidRequest(
+            f"options.max_side_px: a {size[0]}x{size[1]} result may take up to {needed} bytes encoded, more than "
+            f"this server sends in one message (--max-response-bytes {limit}); ask for a smaller size"
+        )
+
+
 def plan_request(request: pb.StylizeRequest, models: Sequence[LossModel], config: ServerConfig) -> PlannedJob:
     """Everything that needs no decoding checked, cheapest first (counts, options, each image's header and its
     pixel limit, working sizes, scales, untiled-only features), and the job's plan for its memory estimate.
@@ -417,6 +439,7 @@ def plan_request(request: pb.StylizeRequest, models: Sequence[LossModel], config
     )
     _check_scales(size, style_sizes, options)
     _check_untiled(plan, options.tileable)
+    _check_sendable(size, config)
     return PlannedJob(model, options, plan)
 
 

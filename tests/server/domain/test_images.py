@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from nst.events import ImageFormat
 from nst_server.domain.errors import InvalidRequest
-from nst_server.domain.images import decode, encode, size_for_longest_side, to_array
+from nst_server.domain.images import decode, encode, max_encoded_bytes, size_for_longest_side, to_array
 from PIL import Image
 
 from tests.images import encoded, picture, png_claiming_size, png_with_chunk
@@ -126,3 +126,12 @@ def test_thirty_two_bit_integers_beyond_sixteen_bits_are_refused() -> None:
     source = Image.fromarray(np.full((32, 32), 1 << 20, np.int32), "I")
     with pytest.raises(InvalidRequest, match="32-bit integer samples"):
         _decoded(encoded(source, "TIFF"))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (640, 480), (1000, 7)])
+def test_the_encoded_bound_holds_for_noise_in_every_format(size: tuple[int, int]) -> None:
+    """max_encoded_bytes is above what encode makes of noise, the worst case, in PNG, JPEG and WebP: the send limit
+    and the refusal of results that could not be sent rest on it."""
+    noise = np.random.default_rng(0).random((1, 3, size[1], size[0]), dtype=np.float32)
+    for image_format in ImageFormat:
+        assert len(encode(noise, image_format)) <= max_encoded_bytes(size)
