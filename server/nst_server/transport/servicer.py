@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-from nst.events import Event, Progress, Queued, Result
+from nst.events import Event, Preview, Progress, Queued, Result
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
@@ -71,6 +72,37 @@ class _Stop:
 
     def is_set(self) -> bool:
         return self._event.is_set()
+
+
+class LatestPreview:
+    """A job's events on their way from its worker to its stream, in order, except that a Preview still waiting
+    when a newer one arrives is dropped for it: a reader that lags gets the latest picture, not a backlog of them
+    (each is a whole encoded image). Progress, Result and the ending are never dropped; Progress is a few dozen
+    bytes per iteration, bounded by the job's evaluations. Used on the event loop only."""
+
+    def __init__(self) -> None:
+        self._items: deque[Event | BaseException] = deque()
+        self._ready = asyncio.Event()
+        self.dropped_previews = 0
+
+    def put(self, item: Event | BaseException) -> None:
+        if isinstance(item, Preview):
+            for waiting in self._items:
+                if isinstance(waiting, Preview):  # at most one is ever waiting
+                    self._items.remove(waiting)
+                    self.dropped_previews += 1
+                    break
+        self._items.append(item)
+        self._ready.set()
+
+    async def get(self) -> Event | BaseException:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,11 +221,11 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
     async def _run(self, job: Job, reservation: Reservation, queued_s: float) -> AsyncIterator[Event]:
         """Run the job on a worker thread and relay its events; stop it if this coroutine is cancelled."""
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        events = LatestPreview()
         stop = _Stop()
 
         def emit(event: Event | BaseException) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+            loop.call_soon_threadsafe(events.put, event)
 
         model = codec.pick_model(job.model, self._models)
         if self._stopped is not None:  # granted its slot just before stop_all, but only running now
