@@ -39,7 +39,12 @@ _SECONDS_FLAGS = {  # ServerConfig field: (flag, what it times)
         "--max-connection-age",
         "seconds before a client connection is asked to reconnect, running calls unaffected; 0 = never",
     ),
-}
+    "stall_s": ("--stall-timeout", "seconds one response may wait for its reader before the call ends and its job is "
+                "cancelled; 0 = never"),
+    "keepalive_s": ("--keepalive", "seconds of silence before the server pings a connection (dropped after 20 s "
+                    "without an answer); 0 = never"),
+    "max_connection_idle_s": ("--max-connection-idle", "seconds a connection with no call stays open; 0 = never"),
+}  # fmt: skip
 
 
 def _size(text: str) -> int:

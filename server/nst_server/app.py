@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransferService"].full_name
 # Room for the request's images on top of the pixel data itself.
 _MESSAGE_OVERHEAD_BYTES = 1 << 20
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 
 def load_models(config: ServerConfig) -> list[LossGraphs]:
@@ -58,6 +59,16 @@ class Server:
             # Apart from the request's: every job's result is checked against it before the job starts.
             ("grpc.max_send_message_length", codec.send_limit(config)),
         ]
+        if config.keepalive_s > 0:
+            # Finds connections whose peer vanished without a word (a NAT dropped it, a laptop slept): pings carry on
+            # through a long evaluation that sends no data, and an unanswered one closes the connection.
+            options += [
+                ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+        if config.max_connection_idle_s > 0:
+            options.append(("grpc.max_connection_idle_ms", int(config.max_connection_idle_s * 1000)))
         if config.max_connection_age_s > 0:
             # GOAWAY after this age makes clients open a new connection, re-resolving a dns:/// target on the way,
             # so replicas added by the autoscaler get their share. The age's grace stays gRPC's default

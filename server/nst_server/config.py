@@ -64,6 +64,12 @@ class ServerConfig:
     drain_s: float = 5.0  # after SIGTERM, health answers NOT_SERVING this long before the listener closes
     grace_s: float = 30.0  # then running jobs get this long to finish before they are cancelled
     max_connection_age_s: float = 0.0  # then GOAWAY, so clients re-resolve DNS and find new replicas; 0 = never
+    # A stream whose one message has not been taken by its reader for this long is ended and its job cancelled: a
+    # client that stopped reading would otherwise hold a slot, its memory and its buffered events for ever. Long
+    # enough for a 50 MB result over a slow link.
+    stall_s: float = 300.0
+    keepalive_s: float = 60.0  # the server pings a connection quiet this long, and drops it if no answer in 20 s
+    max_connection_idle_s: float = 900.0  # a connection with no call for this long is closed (GOAWAY); 0 = never
     metrics_port: int | None = None  # Prometheus /metrics; None = not served, 0 = a free port
     metrics_host: str | None = None  # None = the same address as the gRPC listener
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the listener speaks TLS only

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
-from nst_server.testing import running_server
+from nst_server.testing import poll_until, running_server
 
 from tests.images import png
 from tests.requests import events, status_of
@@ -52,3 +52,23 @@ def test_a_result_that_could_not_be_sent_is_refused_before_the_job_starts(model_
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message.startswith("options.max_side_px: a 512x512 result may take up to")
     assert "--max-response-bytes 200000" in message
+
+
+@pytest.mark.slow  # previews until the connection's flow-control window is full: tens of seconds
+def test_a_reader_that_stops_reading_is_ended_and_its_job_cancelled(model_dir: Path) -> None:
+    """A caller takes its first event and then reads nothing while previews of noise fill the connection's window:
+    within --stall-timeout of the first write that cannot complete, the call ends, the job stops, its slot comes
+    back (counted "stalled"), and the next job runs."""
+    request = _noise_texture(256)
+    request.options.max_evaluations, request.options.preview_every = 5000, 1
+    flags = ("--stall-timeout", "1", "--max-queue", "0", "--drain", "0")
+    with running_server([model_dir], *flags) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.StyleTransferServiceStub(channel)
+        stalled = stub.Stylize(request, timeout=300)
+        assert next(stalled).WhichOneof("event") == "started"
+        assert server.wait_outcomes(1, timeout_s=240) == {"stalled": 1}
+        # Its slot comes back once its worker has stopped, within an evaluation.
+        poll_until(lambda: server.scrape()[("nst_jobs_running", frozenset())] == 0, 60, "the slot to come back")
+        assert status_of(stub.Stylize(_noise_texture(64), timeout=120)) == (grpc.StatusCode.OK, "")
+        stalled.cancel()
+    assert "took no message for 1s (--stall-timeout)" in server.log()

@@ -149,6 +149,34 @@ def add_to_server(servicer: StyleTransferServicer, server: grpc.aio.Server) -> N
     server.add_registered_method_handlers(name, handlers)
 
 
+class _WriteWatch:
+    """Ends a stream whose reader stopped reading: a message not taken within ``seconds`` cancels the stream's task
+    (its job then stops within an evaluation, and its slot and memory come back)."""
+
+    def __init__(self, seconds: float, job_id: str) -> None:
+        self._seconds = seconds
+        self._job_id = job_id
+        self._task = asyncio.current_task()
+        self._timer: asyncio.TimerHandle | None = None
+        self.fired = False
+
+    def writing(self) -> None:
+        if self._seconds > 0 and self._task is not None:
+            self._timer = asyncio.get_running_loop().call_later(self._seconds, self._fire)
+
+    def written(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self.fired = True
+        log.warning("job %s: its reader took no message for %gs (--stall-timeout); ending the call", self._job_id,
+                    self._seconds)  # fmt: skip
+        assert self._task is not None
+        self._task.cancel()
+
+
 class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
     """Stylize and DescribeModel over the loaded models."""
 
@@ -178,6 +206,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         received = time.perf_counter()
         outcome, code, job, last = "error", grpc.StatusCode.UNKNOWN, None, None
         recorder = self._metrics.job()
+        watch = _WriteWatch(self._config.stall_s, job_id)
         try:
             if isinstance(request, Malformed):
                 raise request.refusal()
@@ -188,7 +217,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
             reservation = self._admission.reserve(planned.peak_bytes, _breakdown(planned))
             try:
                 async for position in reservation.positions():
+                    watch.writing()
                     yield codec.to_response(Queued(job_id, position))
+                    watch.written()
                 # Decoded only now, within the job's reservation: a queued job holds its encoded bytes alone.
                 decoding = loop.run_in_executor(None, _guarded, job_id, codec.job_from_request, request, job_id,
                                                 self._models, self._config, planned)  # fmt: skip
@@ -201,7 +232,9 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
                         # Settled before the yield: a caller that closes the stream as soon as it has the Result
                         # closes this generator at that yield, and the job must still count as ok.
                         outcome, code = "ok", grpc.StatusCode.OK
+                    watch.writing()
                     yield codec.to_response(event)
+                    watch.written()
             finally:
                 reservation.release()  # at once, or when the decode or run it holds has ended
         except JobError as error:
@@ -210,10 +243,13 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         except (asyncio.CancelledError, GeneratorExit):
             # A caller who leaves cancels the RPC's task: inside our own await that raises CancelledError here;
             # inside grpc's write of a yielded message the task ends and this generator is closed (GeneratorExit).
-            if outcome != "ok":  # leaving after the Result was handed to gRPC is the caller's business
+            if watch.fired:  # the reader stopped reading: even a Result being written was never taken
+                outcome, code = "stalled", grpc.StatusCode.CANCELLED
+            elif outcome != "ok":  # leaving after the Result was handed to gRPC is the caller's business
                 outcome, code = "cancelled", grpc.StatusCode.CANCELLED
             raise
         finally:
+            watch.written()
             seconds = time.perf_counter() - received
             _log_job(job_id, job, last, outcome, seconds)
             recorder.finished(outcome, code, seconds)
