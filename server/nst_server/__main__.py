@@ -31,6 +31,7 @@ _LIMIT_FLAGS = {
     "max_evaluations": "per job",
     "max_styles": "style images per request",
     "max_message_bytes": "request size",
+    "max_jobs_per_caller": "running and queued jobs of one caller (its address) together; 0 = no limit",
 }
 _SECONDS_FLAGS = {  # ServerConfig field: (flag, what it times)
     "drain_s": ("--drain", "seconds NOT_SERVING before closing"),
@@ -41,6 +42,9 @@ _SECONDS_FLAGS = {  # ServerConfig field: (flag, what it times)
     ),
     "stall_s": ("--stall-timeout", "seconds one response may wait for its reader before the call ends and its job is "
                 "cancelled; 0 = never"),
+    "max_queue_wait_s": ("--max-queue-wait", "seconds a job may wait for a slot (then RESOURCE_EXHAUSTED); 0 = no "
+                         "limit"),
+    "max_job_s": ("--max-job-duration", "seconds a job may run (then stopped, DEADLINE_EXCEEDED); 0 = no limit"),
     "keepalive_s": ("--keepalive", "seconds of silence before the server pings a connection (dropped after 20 s "
                     "without an answer); 0 = never"),
     "max_connection_idle_s": ("--max-connection-idle", "seconds a connection with no call stays open; 0 = never"),
@@ -182,7 +186,7 @@ def _add_access_flags(group: argparse._ArgumentGroup) -> None:
 def _usage_problem(config: ServerConfig) -> str | None:
     """What makes these settings unusable, as one line; None when they are fine."""
     for limit in dataclasses.fields(Limits):
-        least = 0 if limit.name == "max_queue" else 1  # a server may refuse to queue at all
+        least = 0 if limit.name in ("max_queue", "max_jobs_per_caller") else 1  # a server may refuse to queue at all
         if getattr(config.limits, limit.name) < least:
             return f"{_flag(limit.name)} must be at least {least}"
     if config.max_response_bytes is not None and config.max_response_bytes < 1:

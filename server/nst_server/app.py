@@ -77,7 +77,10 @@ class Server:
         interceptors = [auth.BearerTokenInterceptor(config.token)] if config.token is not None else []
         self.grpc = grpc.aio.server(options=options, interceptors=interceptors)
         self.memory_budget, self.memory_summary = memory_budget(config.max_memory_bytes)
-        self.admission = Admission(config.limits.max_concurrent, config.limits.max_queue, self.memory_budget)
+        self.admission = Admission(
+            config.limits.max_concurrent, config.limits.max_queue, self.memory_budget,
+            max_per_caller=config.limits.max_jobs_per_caller, max_queue_wait_s=config.max_queue_wait_s,
+        )  # fmt: skip
         self.metrics = Metrics(self.admission, models)  # recorded always (it is cheap), published only when asked
         self.servicer = StyleTransferServicer(models, config, self.admission, self.metrics)
         add_to_server(self.servicer, self.grpc)

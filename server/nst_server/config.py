@@ -24,6 +24,7 @@ class Limits:
     max_evaluations: int = 5000  # per job
     max_styles: int = 8  # style images per request
     max_message_bytes: int = 64 * 1024 * 1024  # of a request
+    max_jobs_per_caller: int = 0  # running and queued jobs of one caller (its address) together; 0 = no limit
 
 
 # BENCHMARKS.md, "Large images": one tile's gradient run peaks at 1.59 GB in a fresh process with 256 px tiles (576 px
@@ -68,6 +69,10 @@ class ServerConfig:
     # client that stopped reading would otherwise hold a slot, its memory and its buffered events for ever. Long
     # enough for a 50 MB result over a slow link.
     stall_s: float = 300.0
+    # A job that waits this long in the queue ends RESOURCE_EXHAUSTED; one that runs this long is stopped and ends
+    # DEADLINE_EXCEEDED (a 4096 px job of 300 evaluations would otherwise run for days on a CPU). 0 = no limit.
+    max_queue_wait_s: float = 1800.0
+    max_job_s: float = 86400.0
     keepalive_s: float = 60.0  # the server pings a connection quiet this long, and drops it if no answer in 20 s
     max_connection_idle_s: float = 900.0  # a connection with no call for this long is closed (GOAWAY); 0 = never
     metrics_port: int | None = None  # Prometheus /metrics; None = not served, 0 = a free port

@@ -72,3 +72,18 @@ def test_a_reader_that_stops_reading_is_ended_and_its_job_cancelled(model_dir: P
         assert status_of(stub.Stylize(_noise_texture(64), timeout=120)) == (grpc.StatusCode.OK, "")
         stalled.cancel()
     assert "took no message for 1s (--stall-timeout)" in server.log()
+
+
+@pytest.mark.slow  # a job runs for its second
+def test_a_job_that_runs_past_max_job_duration_is_stopped_with_deadline_exceeded(model_dir: Path) -> None:
+    request = _noise_texture(128)
+    request.options.max_evaluations = 5000
+    with running_server([model_dir], "--max-job-duration", "1", "--drain", "0") as server:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.StyleTransferServiceStub(channel)
+            code, message = status_of(stub.Stylize(request, timeout=300))
+            poll_until(lambda: server.scrape()[("nst_jobs_running", frozenset())] == 0, 60, "the slot to come back")
+            assert status_of(stub.Stylize(_noise_texture(64), timeout=120)) == (grpc.StatusCode.OK, "")
+        assert server.wait_outcomes(2) == {"JobTimeout": 1, "ok": 1}
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert message.startswith("ran for 1s, this server's limit (--max-job-duration 1)")

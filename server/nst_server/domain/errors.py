@@ -39,6 +39,14 @@ class OverMemory(JobError):
     never run, so it is refused at once rather than queued."""
 
 
+class QueueTimeout(JobError):
+    """The job waited the server's --max-queue-wait without getting a slot."""
+
+
+class JobTimeout(JobError):
+    """The job ran for the server's --max-job-duration and was stopped."""
+
+
 class ShuttingDown(JobError):
     """The server is draining: it takes no new jobs, or its grace period for running ones has passed."""
 

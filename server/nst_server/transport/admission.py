@@ -10,20 +10,21 @@ runs on the server's event loop thread.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..domain.errors import JobError, Overloaded, OverMemory, ShuttingDown
+from ..domain.errors import JobError, Overloaded, OverMemory, QueueTimeout, ShuttingDown
 from ..domain.memory import format_bytes
 
 
 class Reservation:
     """A job's claim: granted a running slot at once, or a queue place until one frees."""
 
-    def __init__(self, admission: Admission, memory_bytes: int) -> None:
+    def __init__(self, admission: Admission, memory_bytes: int, caller: str) -> None:
         self._admission = admission
         self.memory_bytes = memory_bytes  # the job's estimated peak, held from its grant to its release
+        self.caller = caller
         self._changed = asyncio.Event()
         self.granted = False
         self.released = False
@@ -36,12 +37,23 @@ class Reservation:
 
         Raises:
             JobError: the reservation was refused while it waited (the server's grace period ended).
+            QueueTimeout: it waited --max-queue-wait without a slot.
         """
+        limit = self._admission.max_queue_wait_s
+        deadline = asyncio.get_running_loop().time() + limit
         while not self.granted:
             if self.refused is not None:
                 raise self.refused
             yield self._admission.position(self)
-            await self._changed.wait()
+            try:
+                timeout = deadline - asyncio.get_running_loop().time() if limit > 0 else None
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            except TimeoutError:
+                if not self.granted:
+                    raise QueueTimeout(
+                        f"waited {limit:g}s in the queue without a slot (--max-queue-wait {limit:g}); the server is "
+                        "busy, retry later or on another replica"
+                    ) from None
             self._changed.clear()
 
     def notify(self) -> None:
@@ -74,10 +86,16 @@ class Admission:
     """At most ``max_running`` jobs compute, together within ``memory_budget`` bytes (None: no budget); at most
     ``max_queued`` wait; the rest are refused at once."""
 
-    def __init__(self, max_running: int, max_queued: int, memory_budget: int | None = None) -> None:
+    def __init__(
+        self, max_running: int, max_queued: int, memory_budget: int | None = None, *, max_per_caller: int = 0,
+        max_queue_wait_s: float = 0.0,
+    ) -> None:  # fmt: skip
         self.max_running = max_running
         self.max_queued = max_queued
         self.memory_budget = memory_budget
+        self.max_per_caller = max_per_caller  # running and queued jobs of one caller together; 0 = no limit
+        self.max_queue_wait_s = max_queue_wait_s  # 0 = as long as it takes
+        self._callers: Counter[str] = Counter()
         self.running = 0
         self.reserved_bytes = 0  # the running jobs' estimates
         self._waiting: deque[Reservation] = deque()
@@ -89,9 +107,10 @@ class Admission:
     def queued(self) -> int:
         return len(self._waiting)
 
-    def reserve(self, memory_bytes: int = 0, breakdown: str = "") -> Reservation:
+    def reserve(self, memory_bytes: int = 0, breakdown: str = "", caller: str = "") -> Reservation:
         """A reservation for a job estimated to need ``memory_bytes`` at its peak, or OverMemory (it can never
-        fit; ``breakdown`` says of what its estimate is made), Overloaded or ShuttingDown if none can be had."""
+        fit; ``breakdown`` says of what its estimate is made), Overloaded (no room, or ``caller`` has its share)
+        or ShuttingDown if none can be had."""
         if self._closed:
             raise ShuttingDown("the server is shutting down and takes no new jobs; retry on another replica")
         if self.memory_budget is not None and memory_bytes > self.memory_budget:
@@ -106,7 +125,13 @@ class Admission:
                 f"server busy: {self.running} jobs running and {self.queued} queued (limits: --max-concurrent "
                 f"{self.max_running}, --max-queue {self.max_queued}); retry later"
             )
-        reservation = Reservation(self, memory_bytes)
+        if self.max_per_caller and self._callers[caller] >= self.max_per_caller:
+            raise Overloaded(
+                f"this caller ({caller}) already has {self._callers[caller]} jobs running or queued, its share of "
+                f"this server (--max-jobs-per-caller {self.max_per_caller}); wait for one to end"
+            )
+        reservation = Reservation(self, memory_bytes, caller)
+        self._callers[caller] += 1
         self._idle.clear()
         if not self._waiting and self._fits(reservation):
             self._grant(reservation)
@@ -128,7 +153,13 @@ class Admission:
     def position(self, reservation: Reservation) -> int:
         return self._waiting.index(reservation) + 1
 
+    def _forget(self, reservation: Reservation) -> None:
+        self._callers[reservation.caller] -= 1
+        if not self._callers[reservation.caller]:
+            del self._callers[reservation.caller]
+
     def release(self, reservation: Reservation) -> None:
+        self._forget(reservation)
         if reservation.granted:
             self.running -= 1
             self.reserved_bytes -= reservation.memory_bytes
@@ -157,6 +188,7 @@ class Admission:
             reservation = self._waiting.popleft()
             reservation.refused = reason
             reservation.released = True  # nothing left to give back
+            self._forget(reservation)
             reservation.notify()
         if self.running == 0:
             self._idle.set()

@@ -26,9 +26,11 @@ from ..domain.errors import (
     InternalError,
     InvalidRequest,
     JobError,
+    JobTimeout,
     NonFiniteLoss,
     Overloaded,
     OverMemory,
+    QueueTimeout,
     ShuttingDown,
 )
 from ..domain.job import Job
@@ -46,6 +48,8 @@ STATUS: dict[type[JobError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     NonFiniteLoss: grpc.StatusCode.INVALID_ARGUMENT,  # the request's weights are the one known cause
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QueueTimeout: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    JobTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     OverMemory: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     Cancelled: grpc.StatusCode.CANCELLED,
@@ -214,7 +218,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
             # The cheap checks and the memory estimate, from the headers: nothing is decoded before admission.
             planned = await loop.run_in_executor(None, _guarded, job_id, codec.plan_request, request, self._models,
                                                  self._config)  # fmt: skip
-            reservation = self._admission.reserve(planned.peak_bytes, _breakdown(planned))
+            reservation = self._admission.reserve(planned.peak_bytes, _breakdown(planned), caller_of(context))
             try:
                 async for position in reservation.positions():
                     watch.writing()
@@ -269,6 +273,10 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         work = loop.run_in_executor(self._workers, _run_job, job, model, emit, stop, queued_s)
         reservation.hold_until(work)
         self._running[job.job_id] = stop
+        limit = self._config.max_job_s
+        timer = loop.call_later(limit, stop.set, JobTimeout(
+            f"ran for {limit:g}s, this server's limit (--max-job-duration {limit:g}); ask for fewer evaluations or a "
+            "smaller size")) if limit > 0 else None  # fmt: skip
         try:
             while True:
                 event = await events.get()
@@ -278,6 +286,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
                 if isinstance(event, Result):
                     return
         finally:
+            if timer is not None:
+                timer.cancel()
             stop.set()  # the caller left or the job ended: either way nothing more to compute
             del self._running[job.job_id]
 
@@ -305,6 +315,15 @@ def _guarded(job_id: str, read: Callable[..., T], *args: Any) -> T:
         raise InternalError(
             f"internal error in job {job_id} while reading the request: {type(error).__name__}"
         ) from error
+
+
+def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who a call is from, for per-caller limits: the peer's address without its port ("ipv4:10.0.0.7")."""
+    peer = context.peer() or "unknown"
+    kind, _, address = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        address = address.rsplit(":", 1)[0]
+    return f"{kind}:{address}"
 
 
 def _breakdown(planned: codec.PlannedJob) -> str:

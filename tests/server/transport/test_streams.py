@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from nst.events import Event, ImageFormat, Losses, Preview, Progress
-from nst_server.transport.servicer import LatestPreview
+from nst_server.transport.servicer import LatestPreview, caller_of
 
 LOSSES = Losses(1.0, 0.5, 0.25, 0.25)
 
@@ -57,3 +58,17 @@ def test_get_waits_for_the_next_item() -> None:
         return await asyncio.wait_for(waiting, timeout=5)
 
     assert asyncio.run(scenario()) == _progress(1)
+
+
+@pytest.mark.parametrize(
+    ("peer", "caller"),
+    [("ipv4:10.0.0.7:53422", "ipv4:10.0.0.7"), ("ipv6:[::1]:40000", "ipv6:[::1]"), ("unix:/tmp/s", "unix:/tmp/s")],
+)
+def test_the_caller_is_the_peer_without_its_port(peer: str, caller: str) -> None:
+    """Every connection of one client has its own port: per-caller limits count the address."""
+
+    class _Context:
+        def peer(self) -> str:
+            return peer
+
+    assert caller_of(_Context()) == caller  # type: ignore[arg-type]
