@@ -44,6 +44,7 @@ def load_models(config: ServerConfig) -> list[LossGraphs]:
         for directory in config.model_dirs
     ]
     for model in models:
+        model.prepare_circular()
         model.prepare_steps()
     return models
 
