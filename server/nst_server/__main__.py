@@ -92,7 +92,11 @@ def _add_serving_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
         default=d.metrics_port,
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: not served; 0 picks a free port)",
     )
-    group.add_argument("--metrics-host", default=d.metrics_host, help="address for the metrics (default: --host)")
+    group.add_argument(
+        "--metrics-host",
+        default=d.metrics_host,
+        help=f"address for the metrics, which have no authentication (default {d.metrics_host}, whatever --host is)",
+    )
 
 
 def _add_runtime_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:

@@ -96,8 +96,9 @@ class Server:
         """Publish metrics (if configured), start the listener and answer SERVING."""
         config = self.config
         if config.metrics_port is not None:
-            metrics_host = config.metrics_host or config.host
-            log.info("metrics on %s:%d", metrics_host, self.metrics.serve(metrics_host, config.metrics_port))
+            log.info(
+                "metrics on %s:%d", config.metrics_host, self.metrics.serve(config.metrics_host, config.metrics_port)
+            )
         await self.grpc.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -76,7 +76,7 @@ class ServerConfig:
     keepalive_s: float = 60.0  # the server pings a connection quiet this long, and drops it if no answer in 20 s
     max_connection_idle_s: float = 900.0  # a connection with no call for this long is closed (GOAWAY); 0 = never
     metrics_port: int | None = None  # Prometheus /metrics; None = not served, 0 = a free port
-    metrics_host: str | None = None  # None = the same address as the gRPC listener
+    metrics_host: str = "127.0.0.1"  # unauthenticated: loopback unless told otherwise (the container says 0.0.0.0)
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the listener speaks TLS only
     tls_key: Path | None = None  # PEM private key of tls_cert
     # Every call but health must carry `authorization: Bearer <token>`; None = no authentication. Kept out of
