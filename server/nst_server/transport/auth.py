@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ TOKEN_ENV = "NST_TOKEN"
 OPEN_SERVICES = frozenset({health.SERVICE_NAME})  # probes must work without the token
 MISSING = "missing bearer token: send the metadata 'authorization: Bearer <token>' (nst: --token-file or $NST_TOKEN)"
 WRONG = "wrong bearer token"
+
+
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 class AccessError(ValueError):
@@ -79,12 +83,35 @@ def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
     return None
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses every call without the right bearer token with UNAUTHENTICATED, except to ``open_services``."""
+class Throttle:
+    """At most one log line per ``interval_s``: a caller that repeats a refused call cannot fill the log."""
 
-    def __init__(self, token: str, open_services: frozenset[str] = OPEN_SERVICES) -> None:
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._next = float("-inf")
+        self._suppressed = 0
+
+    def allow(self) -> int | None:
+        """None to stay silent now; else how many lines were held back since the last one (to say so)."""
+        now = self._clock()
+        if now < self._next:
+            self._suppressed += 1
+            return None
+        self._next = now + self._interval_s
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every call without the right bearer token with UNAUTHENTICATED, except to ``open_services``; logs
+    the refusals at most once per REFUSAL_LOG_INTERVAL_S, with a count of those it did not log."""
+
+    def __init__(self, token: str, open_services: frozenset[str] = OPEN_SERVICES, throttle: Throttle | None = None,
+                 ) -> None:  # fmt: skip
         self._token = token.encode()
         self._open = open_services
+        self._throttle = throttle or Throttle()
 
     async def intercept_service(
         self,
@@ -98,14 +125,19 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         given = _bearer(handler_call_details.invocation_metadata)
         if given is not None and hmac.compare_digest(given.encode(), self._token):
             return handler
-        return _refusal(handler, method, MISSING if given is None else WRONG)
+        return _refusal(handler, method, MISSING if given is None else WRONG, self._throttle)
 
 
-def _refusal(handler: grpc.RpcMethodHandler[Any, Any], method: str, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _refusal(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, message: str, throttle: Throttle
+) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that only aborts; the request is left undeserialised."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        log.warning("refused %s from %s: %s", method, context.peer(), message.split(":")[0])
+        suppressed = throttle.allow()
+        if suppressed is not None:
+            more = f" ({suppressed} more refused since the last such line)" if suppressed else ""
+            log.warning("refused %s from %s: %s%s", method, context.peer(), message.split(":")[0], more)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     factories: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
