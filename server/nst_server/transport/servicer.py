@@ -37,7 +37,7 @@ from ..domain.job import Job
 from ..domain.model import LossModel
 from . import codec
 from .admission import Admission, Reservation
-from .metrics import Metrics
+from .metrics import JobRecorder, Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -229,9 +229,8 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
                                                 self._models, self._config, planned)  # fmt: skip
                 reservation.hold_until(decoding)  # a caller who leaves mid-decode frees nothing until it has ended
                 job = await decoding
-                async for event in self._run(job, reservation, time.perf_counter() - received):
+                async for event in self._run(job, reservation, time.perf_counter() - received, recorder):
                     last = event if isinstance(event, Progress | Result) else last
-                    recorder.event(event)
                     if isinstance(event, Result):
                         # Settled before the yield: a caller that closes the stream as soon as it has the Result
                         # closes this generator at that yield, and the job must still count as ok.
@@ -258,13 +257,17 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
             _log_job(job_id, job, last, outcome, seconds)
             recorder.finished(outcome, code, seconds)
 
-    async def _run(self, job: Job, reservation: Reservation, queued_s: float) -> AsyncIterator[Event]:
+    async def _run(
+        self, job: Job, reservation: Reservation, queued_s: float, recorder: JobRecorder
+    ) -> AsyncIterator[Event]:
         """Run the job on a worker thread and relay its events; stop it if this coroutine is cancelled."""
         loop = asyncio.get_running_loop()
         events = LatestPreview()
         stop = _Stop()
 
         def emit(event: Event | BaseException) -> None:
+            if not isinstance(event, BaseException):
+                recorder.event(event)  # as computed, on the worker: a reader that lags or leaves changes nothing
             loop.call_soon_threadsafe(events.put, event)
 
         model = codec.pick_model(job.model, self._models)
