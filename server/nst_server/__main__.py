@@ -14,7 +14,16 @@ from typing import get_args
 
 from . import auth
 from .app import load_models, serve
-from .config import MAX_SIDE_TILED_PX, MAX_SIDE_WHOLE_PX, MIN_TILE_PX, Limits, Placement, ServerConfig
+from .config import (
+    MAX_SIDE_TILED_PX,
+    MAX_SIDE_WHOLE_PX,
+    MIN_TILE_PX,
+    ConvSearch,
+    CudaSettings,
+    Limits,
+    Placement,
+    ServerConfig,
+)
 from .graphs import AUTO_PLACEMENT, DeviceUnavailableError
 
 log = logging.getLogger("nst_server")
@@ -82,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="CUDA only: replay the device-placed Adam step as captured CUDA graphs (one per scale); the loss graph "
         "and L-BFGS's steps are not captured (host copies; scalars read each run)",
+    )
+    parser.add_argument(
+        "--cuda-tf32",
+        choices=("on", "off"),
+        default="on" if d.cuda.tf32 else "off",
+        help="CUDA only: let convolutions and matrix products use TF32 (faster, about 1e-3 relative error, above "
+        "the parity check's float32 tolerances); default %(default)s, chosen by reasoning until measured "
+        "(README: GPU)",
+    )
+    parser.add_argument(
+        "--cuda-conv-search",
+        choices=get_args(ConvSearch),
+        default=d.cuda.conv_search,
+        help="CUDA only: how cuDNN picks each convolution's algorithm for every new image shape (each scale of a "
+        "job is one): exhaustive times them all on the first evaluation, heuristic asks cuDNN (default %(default)s)",
     )
     for limit, what in _LIMIT_FLAGS.items():
         parser.add_argument(
@@ -156,7 +180,10 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
     if settings["max_side_px"] is None:
         settings["max_side_px"] = MAX_SIDE_TILED_PX if args.tile_px else MAX_SIDE_WHOLE_PX
     limits = Limits(**{limit.name: settings.pop(limit.name) for limit in dataclasses.fields(Limits)})
-    return ServerConfig(**{**settings, "model_dirs": tuple(args.model_dirs), "limits": limits, "token": token})
+    cuda = CudaSettings(tf32=settings.pop("cuda_tf32") == "on", conv_search=settings.pop("cuda_conv_search"))
+    return ServerConfig(
+        **{**settings, "model_dirs": tuple(args.model_dirs), "limits": limits, "cuda": cuda, "token": token}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

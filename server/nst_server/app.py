@@ -39,6 +39,7 @@ def load_models(config: ServerConfig) -> list[LossGraphs]:
             tile_px=config.tile_px,
             placement=config.optimizer_placement,
             cuda_graphs=config.cuda_graphs,
+            cuda=config.cuda,
         )
         for directory in config.model_dirs
     ]

@@ -11,6 +11,26 @@ Device = Literal["auto", "cpu", "cuda"]
 # evaluation), "device" (step graphs on the loss graph's provider, only scalars crossing), "auto" (per provider,
 # whichever measured faster: graphs.AUTO_PLACEMENT).
 Placement = Literal["auto", "host", "device"]
+# How cuDNN picks each convolution's algorithm, per new input shape (onnxruntime's cudnn_conv_algo_search): exhaustive
+# times every algorithm (onnxruntime's default), heuristic asks cuDNN's heuristics, default takes the fixed default.
+ConvSearch = Literal["exhaustive", "heuristic", "default"]
+
+
+@dataclass(frozen=True, slots=True)
+class CudaSettings:
+    """How onnxruntime's CUDA provider computes, for the loss, tile and step sessions; no effect on the CPU.
+
+    TF32 is off by default, unlike onnxruntime's provider (use_tf32=1): TF32 convolutions and matrix products keep
+    10 bits of mantissa, errors of about 1e-4 to 1e-3, above the float32 tolerances the parity check with PyTorch
+    holds (gradient 5e-5, losses 2e-5), and L-BFGS's line search compares losses and gradients that would then no
+    longer agree to float32 precision. Chosen by that reasoning, not measured: no GPU has been lent yet;
+    `bash bench/gpu.sh` measures the parity error, the time per evaluation and the loss L-BFGS reaches with both.
+    """
+
+    tf32: bool = False
+    # onnxruntime's default. Each new shape is searched again, and every scale of a job is a new shape: the cost is
+    # the first (cold) evaluation per shape, which bench/gpu.sh records beside the warm ones for both searches.
+    conv_search: ConvSearch = "exhaustive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +69,7 @@ class ServerConfig:
     # Capture the device-placed Adam step as CUDA graphs (onnxruntime's enable_cuda_graph), one per scale and buffer
     # parity, in a session of the job's own; CUDA only. See graphs.LossGraphs for what is and is not captured.
     cuda_graphs: bool = False
+    cuda: CudaSettings = field(default_factory=CudaSettings)
     limits: Limits = field(default_factory=Limits)
     # Images whose longer side exceeds one tile with its halo (this + 2 x 160 px, TileGraphs.whole_max_side_px) are
     # evaluated exactly in tiles of this size, so memory follows the tile size, not the image's; 0 = whole images

@@ -18,7 +18,7 @@ import onnxruntime as ort
 from nst.events import Optimizer
 
 from . import manifest as mf
-from .config import Device, Placement
+from .config import CudaSettings, Device, Placement
 from .errors import untiled_only
 from .job import FloatArray, Options
 from .model import Evaluation, Evaluator, Regions, ShouldStop, Targets, never_stop
@@ -63,6 +63,16 @@ def choose_providers(device: Device, available: list[str]) -> list[str]:
             "onnxruntime-gpu instead of onnxruntime)"
         )
     return [CPU_PROVIDER]
+
+
+def cuda_provider_options(cuda: CudaSettings) -> dict[str, str]:
+    """The CUDA provider's options for ``cuda``, in onnxruntime's names and string values."""
+    return {"use_tf32": "1" if cuda.tf32 else "0", "cudnn_conv_algo_search": cuda.conv_search.upper()}
+
+
+def provider_options(providers: list[str], cuda: CudaSettings) -> list[dict[str, str]]:
+    """InferenceSession's ``provider_options`` for ``providers``: the CUDA provider's from ``cuda``, none for CPU."""
+    return [cuda_provider_options(cuda) if provider == CUDA_PROVIDER else {} for provider in providers]
 
 
 def device_of(session_providers: list[str], requested: Device) -> str:
@@ -187,11 +197,13 @@ def check_readable(path: Path, runtime_version: str = ort.__version__) -> mf.Mod
     return header
 
 
-def _session(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+def _session(
+    path: Path, options: ort.SessionOptions, providers: list[str], options_by_provider: list[dict[str, str]]
+) -> ort.InferenceSession:
     """An InferenceSession of ``path``, after ``check_readable``; onnxruntime's own refusal says what the file is."""
     header = check_readable(path)
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(str(path), options, providers=providers, provider_options=options_by_provider)
     except Exception as error:  # onnxruntime's load errors have their own types (Fail, InvalidGraph, ...)
         if "IR version" not in str(error) and "opset" not in str(error).lower():
             raise
@@ -213,6 +225,7 @@ class LossGraphs:
         tile_px: int = 0,
         placement: Placement = "auto",
         cuda_graphs: bool = False,
+        cuda: CudaSettings | None = None,
     ) -> None:
         """Load the graphs; with ``profile_dir``, the loss graph's runs are profiled (see ``end_profiling``).
 
@@ -220,10 +233,13 @@ class LossGraphs:
         the device the sessions run on (AUTO_PLACEMENT).
 
         ``cuda_graphs`` captures what can be captured as CUDA graphs: the device-placed Adam step, whose buffers
-        keep their addresses for a scale (``device_optimise``). Not the loss graphs: their Size->Cast nodes need a
-        copy from the host (``cuda_ops``); not L-BFGS's steps: their bindings rotate with the history and they
-        hand scalars to the host each run. Ignored, with a log line, where the sessions did not get CUDA or the
-        step runs on the host.
+        keep their addresses for a scale (``device_optimise``). Not the loss graphs yet: they have no host copy
+        left (``cuda_ops``), but capturing them is not written; not L-BFGS's steps: their bindings rotate with the
+        history and they hand scalars to the host each run. Ignored, with a log line, where the sessions did not
+        get CUDA or the step runs on the host.
+
+        ``cuda`` (default ``CudaSettings()``) becomes the CUDA provider's options of every session: loss, targets,
+        tiles and steps.
 
         With ``tile_px``, images whose longer side exceeds it are evaluated exactly in tiles of that many px
         (plus halo; ``nst_server.tiles``); 0 evaluates every image whole. Raises ValueError when the model
@@ -234,14 +250,16 @@ class LossGraphs:
             loss_options.enable_profiling = True
             loss_options.profile_file_prefix = str(profile_dir / "loss")
         providers = choose_providers(device, ort.get_available_providers())
+        options_by_provider = provider_options(providers, cuda or CudaSettings())
         if CUDA_PROVIDER in providers:
             # Load CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn] (the container's
             # way) before the provider needs them; libraries already on the loader's path are used otherwise.
             ort.preload_dlls()
         self.name = model_dir.name
         self._dir, self._threads, self._providers = model_dir, threads, providers
-        self._targets = _session(model_dir / mf.TARGETS_FILE, _session_options(threads), providers)
-        self._loss = _session(model_dir / mf.LOSS_FILE, loss_options, providers)
+        self._provider_options = options_by_provider
+        self._targets = _session(model_dir / mf.TARGETS_FILE, _session_options(threads), providers, options_by_provider)
+        self._loss = _session(model_dir / mf.LOSS_FILE, loss_options, providers, options_by_provider)
         self._circular: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
         self._circular_lock = threading.Lock()
         self.device = device_of(self._loss.get_providers(), device)
@@ -281,7 +299,7 @@ class LossGraphs:
         with self._steps_lock:
             if self._steps is None:
                 options = functools.partial(_session_options, self._threads)
-                self._steps = StepGraphs(options, self._providers, self.cuda_graphs)
+                self._steps = StepGraphs(options, self._providers, self.cuda_graphs, self._provider_options)
             return self._steps
 
     def prepare_steps(self) -> None:
@@ -313,7 +331,7 @@ class LossGraphs:
             )
         if tile_px % align:
             raise ValueError(f"--tile-size {tile_px}: must be a multiple of {align} px (the pooling grid)")
-        forward, grad = (_session(path, _session_options(threads), providers) for path in files)
+        forward, grad = (_session(path, _session_options(threads), providers, self._provider_options) for path in files)
         return TileGraphs(forward, grad, self.manifest, tile_px)
 
     @property
@@ -369,7 +387,7 @@ class LossGraphs:
         with self._circular_lock:
             if self._circular is None:
                 targets, loss = (
-                    _session(self._dir / name, _session_options(self._threads), self._providers)
+                    _session(self._dir / name, _session_options(self._threads), self._providers, self._provider_options)
                     for name in (mf.CIRCULAR_TARGETS_FILE, mf.CIRCULAR_LOSS_FILE)
                 )
                 self._circular = (targets, loss)
