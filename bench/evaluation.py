@@ -58,8 +58,8 @@ def _time(evaluate: Any, repeats: int) -> list[float]:
 
 
 def measure_onnxruntime(model_dir: Path, longest_side: int, threads: int, repeats: int, device: str) -> dict[str, Any]:
-    from nst_server.graphs import LossGraphs
-    from nst_server.targets import job_targets
+    from nst_server.domain.targets import job_targets
+    from nst_server.runtime.graphs import LossGraphs
 
     graphs = LossGraphs(model_dir, device=device, threads=threads)  # type: ignore[arg-type]
     content, style, canvas = images(longest_side)
@@ -75,7 +75,7 @@ def _torch_loss(model_dir: Path, pooling: str, threads: int) -> tuple[Any, Any, 
     import torch
     from nst_export.vgg import VGG19Features, deepest_layer
     from nst_export.weights import init_random
-    from nst_server.graphs import LossGraphs
+    from nst_server.runtime.graphs import LossGraphs
 
     torch.set_num_threads(threads)
     manifest = LossGraphs(model_dir, device="cpu").manifest

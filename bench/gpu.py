@@ -297,7 +297,7 @@ def parity(args: argparse.Namespace) -> dict[str, Any]:
     from nst_export.vgg import VGG19Features, deepest_layer
     from nst_export.weights import init_random
     from nst_server.config import CudaSettings
-    from nst_server.graphs import LossGraphs
+    from nst_server.runtime.graphs import LossGraphs
 
     manifest = LossGraphs(args.model, "cpu").manifest
     model = VGG19Features(deepest_layer(manifest.content_layers + manifest.style_layers), manifest.pooling)

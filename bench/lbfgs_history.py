@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from nst_server import optimise
-from nst_server.graphs import LossGraphs
-from nst_server.targets import job_targets
+from nst_server.domain import optimise
+from nst_server.domain.targets import job_targets
+from nst_server.runtime.graphs import LossGraphs
 
 from tests.images import picture
 

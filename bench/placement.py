@@ -43,11 +43,12 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from nst.events import Losses
-from nst_server import optimise
 from nst_server.config import ConvSearch, CudaSettings
-from nst_server.device_optimise import DeviceOptimiser
-from nst_server.graphs import LossGraphs, SessionEvaluator
-from nst_server.model import Evaluation, WrappedEvaluator
+from nst_server.domain import optimise
+from nst_server.domain.evaluation import Evaluation, WrappedEvaluator
+from nst_server.runtime.device_optimise import DeviceOptimiser
+from nst_server.runtime.graphs import LossGraphs
+from nst_server.runtime.sessions import SessionEvaluator
 
 HISTORY = 10
 LEARNING_RATE = 0.02

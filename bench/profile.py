@@ -17,8 +17,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from nst_server.graphs import LossGraphs
-from nst_server.targets import job_targets
+from nst_server.domain.targets import job_targets
+from nst_server.runtime.graphs import LossGraphs
 
 from .evaluation import WARM_UP, images
 from .flops import convolution_flops

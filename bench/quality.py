@@ -47,7 +47,7 @@ def loadavg() -> list[float]:
 
 def server_arrays(content: Path, style: Path, side: int) -> tuple[FloatArray, FloatArray]:
     """Content and style exactly as the server decodes and resizes them for ``max_side_px = side``."""
-    from nst_server import images
+    from nst_server.domain import images
 
     photo = images.decode(content.read_bytes(), "content", 1 << 30)
     size = images.size_for_longest_side(*photo.size, side)

@@ -1,6 +1,6 @@
 """`python -m bench.schedules`: the experiments behind the server's default schedule, in-process for speed.
 
-Each variant runs the server's own pipeline (``nst_server.pipeline.stylize``) on the README's demo images with
+Each variant runs the server's own pipeline (``nst_server.domain.pipeline.stylize``) on the README's demo images with
 some of its schedule constants or options changed, and reports the full-size-equivalent evaluations and seconds
 until its final-scale loss reaches a target: scipy's L-BFGS-B (over the same onnxruntime evaluator, history 10,
 bounds [0, 1], ftol = gtol = 0) after ``--target-evaluations`` evaluations. Evaluations are the machine-
@@ -29,8 +29,8 @@ from .quality import loadavg
 
 
 def _job(content: Path, style: Path, side: int, options: Any) -> Any:
-    from nst_server import images
-    from nst_server.job import Job, Style
+    from nst_server.domain import images
+    from nst_server.domain.job import Job, Style
 
     photo = images.decode(content.read_bytes(), "content", 1 << 30)
     size = images.size_for_longest_side(*photo.size, side)
@@ -45,8 +45,8 @@ def target(graphs: Any, job: Any, evaluations: int, cache: Path) -> dict[str, An
     known = json.loads(cache.read_text()) if cache.exists() else {}
     if key in known:
         return known[key]  # type: ignore[no-any-return]
-    from nst_server import optimise
-    from nst_server.targets import job_targets
+    from nst_server.domain import optimise
+    from nst_server.domain.targets import job_targets
 
     start = time.perf_counter()
     evaluate = graphs.evaluator(
@@ -65,17 +65,18 @@ _CONSTANTS = {"ratio": "AUTO_RATIO", "coarsest": "AUTO_COARSEST_SIDE_PX", "growt
 def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]:
     """One in-process job under a variant; when its final-scale loss first reaches ``goal``."""
     from nst.events import Optimizer, Progress, ScaleStarted
-    from nst_server import pipeline
-    from nst_server.errors import Cancelled
+    from nst_server.domain import pipeline, schedule
+    from nst_server.domain.errors import Cancelled
 
     name, _, rest = spec.partition(":")
-    saved = {attr: getattr(pipeline, attr) for attr in [*_CONSTANTS.values(), "carry_inverse_hessian_scale"]}
+    saved = {attr: getattr(schedule, attr) for attr in _CONSTANTS.values()}
+    saved_carry = pipeline.carry_inverse_hessian_scale
     options = job.options
     try:
         for item in filter(None, rest.split(",")):
             key, _, value = item.partition("=")
             if key in _CONSTANTS:
-                setattr(pipeline, _CONSTANTS[key], float(value))
+                setattr(schedule, _CONSTANTS[key], float(value))
             elif key == "carry":
                 pipeline.carry_inverse_hessian_scale = lambda *_: None  # type: ignore[assignment]
             elif key == "optimizer":
@@ -84,7 +85,7 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
                 field = type(getattr(options, key))
                 options = dataclasses.replace(options, **{key: field(value)})
         state: dict[str, Any] = {"fraction": 1.0, "evaluations": 0, "equivalent": 0.0, "last": False, "reached": None}
-        plans = pipeline.job_schedule(dataclasses.replace(job, options=options))
+        plans = schedule.job_schedule(dataclasses.replace(job, options=options))
         start = time.perf_counter()
 
         def emit(event: Any) -> None:
@@ -107,7 +108,8 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
         seconds = time.perf_counter() - start
     finally:
         for attr, value in saved.items():
-            setattr(pipeline, attr, value)
+            setattr(schedule, attr, value)
+        pipeline.carry_inverse_hessian_scale = saved_carry  # type: ignore[assignment]
     reached = state["reached"]
     return {
         "variant": spec,
@@ -135,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("bench/results/schedule_targets.json"))
     parser.add_argument("--out", type=Path, help="append each variant's JSON line here")
     args = parser.parse_args(argv)
-    from nst_server.graphs import LossGraphs
-    from nst_server.job import Options
+    from nst_server.domain.job import Options
+    from nst_server.runtime.graphs import LossGraphs
 
     graphs = LossGraphs(args.model, device="cpu", threads=args.threads)
     content, style, _ = service.inputs(Path("/tmp"), args.side)

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from nst_client import Progress, Result, StyleClient
-from nst_server import optimise
-from nst_server.graphs import Evaluation, LossGraphs
-from nst_server.targets import job_targets
+from nst_server.domain import optimise
+from nst_server.domain.evaluation import Evaluation
+from nst_server.domain.targets import job_targets
+from nst_server.runtime.graphs import LossGraphs
 from nst_server.testing import ServerProcess, start_server
 from PIL import Image
 from scipy.optimize import Bounds, minimize

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from nst_server import manifest as mf
-from nst_server.graphs import LossGraphs
+from nst import manifest as mf
+from nst_server.runtime.graphs import LossGraphs
 
 
 def _peak_gb() -> float:

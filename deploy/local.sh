@@ -2,31 +2,33 @@
 # The main job on one machine, from nothing: install, export VGG19 to ONNX, start nst-server, stylize with
 # the nst client, leave the image on disk, stop the server.
 #
-#   bash deploy/local.sh [--weights imagenet|caffe|random|PATH] [--out FILE] [CONTENT STYLE [STYLE ...]]
+#   bash deploy/local.sh [--weights imagenet|caffe|random|ranvgg|PATH] [--out FILE] [CONTENT STYLE [STYLE ...]]
 #                        [-- extra `nst stylize` flags, e.g. --size 384 --max-evaluations 150]
 #
-# Defaults: ImageNet weights (downloaded once, hash-checked), out/styled.png, and the sample photo and painting
-# in ../shared/images when that folder exists. NST_VENV picks the virtualenv (default .venv).
+# Defaults: ImageNet weights (downloaded once, hash-checked), out/styled-WEIGHTS.png (named for the weights that
+# made it), and the sample photo and painting in deploy/samples/. Where the ImageNet weights cannot be downloaded
+# and --weights was not given, it says so loudly and continues with --weights ranvgg (random weights rescaled to
+# a trained net's activations: recognisable pictures, not ImageNet's). NST_VENV picks the virtualenv (.venv).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 weights="imagenet"
-out="out/styled.png"
+weights_given=false
+out=""
 images=()
 stylize_flags=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --weights) weights="$2"; shift 2 ;;
+        --weights) weights="$2"; weights_given=true; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --) shift; stylize_flags=("$@"); break ;;
         -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) images+=("$1"); shift ;;
     esac
 done
-samples="$repo_root/../shared/images"
-if [[ ${#images[@]} -eq 0 && -d "$samples" ]]; then
-    images=("$samples/tubingen.jpg" "$samples/starry_night_google.jpg")
+if [[ ${#images[@]} -eq 0 ]]; then
+    images=("$repo_root/deploy/samples/tubingen.jpg" "$repo_root/deploy/samples/starry_night.jpg")
 fi
 if [[ ${#images[@]} -lt 2 ]]; then
     echo "deploy/local.sh: give a content photo and at least one style image: bash deploy/local.sh PHOTO PAINTING" >&2
@@ -41,15 +43,33 @@ echo "== installing neuralstyletransfer[server,export] into $venv"
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet ".[server,export]"
 
-model_dir="models/vgg19-$(basename "$weights" .pth)"
-if [[ ! -d "$model_dir" ]]; then
-    echo "== exporting $weights weights to $model_dir"
-    if ! nst-export --weights "$weights" --out "$model_dir"; then
-        echo "deploy/local.sh: the export failed (above). Offline, pass a local torchvision-layout VGG19 state dict" \
-             "(--weights /path/to/vgg19.pth), --weights ranvgg (random weights that still make recognisable pictures) or --weights random (runs end to end, but the picture is not art)." >&2
-        exit 1
-    fi
+exit_weights_unavailable=3  # nst-export's status when published weights cannot be downloaded (nst_export.cli)
+export_model() {  # export_model WEIGHTS: the model directory of those weights, exported once
+    model_dir="models/vgg19-$(basename "$1" .pth)"
+    [[ -d "$model_dir" ]] && return 0
+    echo "== exporting $1 weights to $model_dir"
+    nst-export --weights "$1" --out "$model_dir"
+}
+status=0
+export_model "$weights" || status=$?
+if [[ $status -eq $exit_weights_unavailable && $weights_given == false ]]; then
+    rule="!! $(printf '=%.0s' {1..100})"
+    echo "$rule"
+    echo "!! WARNING: the ImageNet VGG19 weights cannot be downloaded here (no internet?)."
+    echo "!! Continuing with --weights ranvgg: random weights rescaled to a trained net's activations (README, Models)."
+    echo "!! The picture will be recognisable, but it is not what ImageNet's weights would paint."
+    echo "$rule"
+    weights="ranvgg"
+    status=0
+    export_model "$weights" || status=$?
 fi
+if [[ $status -ne 0 ]]; then
+    echo "deploy/local.sh: the export failed (above). Offline, pass a local torchvision-layout VGG19 state dict" \
+         "(--weights /path/to/vgg19.pth), --weights ranvgg (random weights that still make recognisable pictures)" \
+         "or --weights random (runs end to end, but the picture is not art)." >&2
+    exit 1
+fi
+[[ -n "$out" ]] || out="out/styled-$(basename "$weights" .pth).png"
 
 log="$(mktemp)"
 echo "== starting nst-server (log: $log)"
@@ -61,4 +81,4 @@ address="$(bash deploy/server-address.sh "$log" "$server_pid")"
 echo "== stylizing ${images[0]} in the style of ${images[*]:1} via $address"
 mkdir -p "$(dirname "$out")"
 nst stylize "${images[@]}" -o "$out" --server "$address" --progress bar "${stylize_flags[@]}"
-echo "== wrote $out"
+echo "== wrote $out (weights: $weights)"

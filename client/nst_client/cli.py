@@ -89,9 +89,23 @@ def _connection_flags() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """nst's commands; a stylize flag left unset leaves the server's default (the proto documents each)."""
     parser = argparse.ArgumentParser(prog="nst", description="Neural style transfer client.", epilog=_EPILOG)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     connection = _connection_flags()
+    _add_stylize_command(commands, connection)
+    info = commands.add_parser("info", parents=[connection], help="describe the server's models and limits")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=_info)
+    health = commands.add_parser("health", parents=[connection], help="print the serving status; exit 0 if SERVING")
+    health.add_argument("--service", default=SERVICE_NAME, help='"" for the whole server')
+    health.set_defaults(handler=_health)
+    return parser
+
+
+def _add_stylize_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], connection: argparse.ArgumentParser
+) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     run = commands.add_parser(
         "stylize", parents=[connection], help="render CONTENT in the style of STYLE", epilog=_EPILOG,
@@ -103,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("styles", type=Path, nargs="*", metavar="STYLE", help="style image file(s); none: reconstruction")
     run.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output: .png, .jpg or .webp")
     run.add_argument("--size", dest="max_side_px", type=_number(int, 1), metavar="PX", help="longest output side in px")
+    _add_optimisation_flags(run)
+    _add_art_flags(run.add_argument_group("art direction (unset: the server's default)"))
+    _add_spatial_flags(
+        run.add_argument_group(
+            "spatial control and seamless output (masks: greyscale images, white = applies; unset: none)"
+        )
+    )
+    _add_output_flags(run)
+    run.set_defaults(handler=_stylize, parser=run)
+
+
+def _add_optimisation_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--max-evaluations", "--iterations", dest="max_evaluations", type=_number(int, 1), metavar="N",
         help="budget of loss+gradient evaluations (--iterations: the old name, still accepted)",
@@ -116,7 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init-image", type=Path, metavar="PATH", help="start image file for --init image")
     run.add_argument("--seed", type=_number(int, 0), help="seed of --init noise")
     run.add_argument("--lbfgs-history", type=_number(int, 1), metavar="M", help="L-BFGS memory (default: 10)")
-    art = run.add_argument_group("art direction (unset: the server's default)")
+    run.add_argument(
+        "--min-improvement", type=_number(float, 0), metavar="FRACTION",
+        help="stop a scale once the loss falls by less than this fraction over 10 iterations (default: off)",
+    )  # fmt: skip
+
+
+def _add_art_flags(art: argparse._ArgumentGroup) -> None:
     art.add_argument(
         "--texture", action="store_true", help="no content image: CONTENT is a style too (texture synthesis)"
     )
@@ -132,11 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     art.add_argument(
         "--scales", type=_number(int, 1), metavar="N",
-        help="coarse-to-fine scales, sqrt(2) apart (default: the server's schedule, from the size)",
-    )  # fmt: skip
-    run.add_argument(
-        "--min-improvement", type=_number(float, 0), metavar="FRACTION",
-        help="stop a scale once the loss falls by less than this fraction over 10 iterations (default: off)",
+        help="coarse-to-fine scales, from the coarsest to the output's size (default: the server's schedule, "
+        "from the size); N scales: the first at 1/sqrt(2)^(N-1) of the size, as the proto's options.scales says",
     )  # fmt: skip
     art.add_argument(
         "--coarse-evaluations", "--coarse-iterations", dest="coarse_evaluations", type=_number(int, 1), metavar="N",
@@ -161,9 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--style-scale", type=_number(float, 0, strict=True), metavar="S",
         help="size of every style relative to the output (default: 1)",
     )  # fmt: skip
-    spatial = run.add_argument_group(
-        "spatial control and seamless output (masks: greyscale images, white = applies; unset: none)"
-    )
+
+
+def _add_spatial_flags(spatial: argparse._ArgumentGroup) -> None:
     spatial.add_argument(
         "--style-masks", type=_path_list(optional=False), metavar="PATH,...",
         help="one mask per STYLE, in order, at the output's aspect ratio: where that style applies (soft masks "
@@ -183,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tileable", action="store_true", default=None,
         help="circular padding: the output tiles without a seam (textures, repeating patterns)",
     )  # fmt: skip
+
+
+def _add_output_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--model", metavar="NAME", help="model name (nst info lists them)")
     run.add_argument(
         "--save-every",
@@ -197,14 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="bar" if sys.stderr.isatty() else "none",
         help="bar on stderr (default on a terminal), JSON lines on stdout, or nothing",
     )
-    run.set_defaults(handler=_stylize, parser=run)
-    info = commands.add_parser("info", parents=[connection], help="describe the server's models and limits")
-    info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(handler=_info)
-    health = commands.add_parser("health", parents=[connection], help="print the serving status; exit 0 if SERVING")
-    health.add_argument("--service", default=SERVICE_NAME, help='"" for the whole server')
-    health.set_defaults(handler=_health)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 import torch
-from nst_server.manifest import Manifest, Preprocessing
+from nst.manifest import Manifest, Preprocessing
 
 from .onnx_graphs import OPSET, tile_geometry, write_graphs
 from .parity import check_parity, random_images
@@ -21,6 +21,7 @@ from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, RELU_LAYERS, VGG1
 from .weights import (
     PUBLISHED,
     ExportError,
+    WeightsUnavailable,
     fetch_published,
     init_random,
     init_ranvgg,
@@ -30,6 +31,10 @@ from .weights import (
 )
 
 log = logging.getLogger("nst_export")
+
+# The exit status when published weights cannot be downloaded (any other failure exits 1): deploy/local.sh then
+# falls back to --weights ranvgg, loudly.
+EXIT_WEIGHTS_UNAVAILABLE = 3
 
 # Non-square and not a multiple of 16, so that pooling's dropped edges are part of the check.
 PARITY_SIZE = (37, 53)
@@ -184,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         out = export(args)
+    except WeightsUnavailable as error:
+        print(f"nst-export: error: {error}", file=sys.stderr)
+        return EXIT_WEIGHTS_UNAVAILABLE
     except ExportError as error:
         print(f"nst-export: error: {error}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from nst_server import manifest as mf
+from nst import manifest as mf
 from onnx import TensorProto, helper, numpy_helper
 
 from .reference import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
@@ -222,7 +222,7 @@ def _element_count(b: _Builder, tensor: str, fixed: int, dynamic_axes: tuple[int
 
     Cast(Size(x)) says the same in two nodes, but Size writes into host memory, so on CUDA the Cast needs a copy
     from the host each run, and onnxruntime refuses to capture a graph with such a copy as a CUDA graph
-    (``nst_server.cuda_ops``). ConstantOfShape reads its shape from host memory by design (as Reshape does) and
+    (``nst_server.runtime.cuda_ops``). ConstantOfShape reads its shape from host memory by design (as Reshape does) and
     writes ones on the device, whose sum is the axis' size. Counted in float64, the product is exact (< 2^53) and
     is rounded to float32 once, as Cast(Size) rounds it: the same bits.
     """

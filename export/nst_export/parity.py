@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nst.manifest import content_target_name, gram_target_name
 from nst_server.config import CudaSettings, Device
-from nst_server.graphs import LossGraphs
-from nst_server.manifest import content_target_name, gram_target_name
-from nst_server.model import Regions
+from nst_server.domain.model import Regions
+from nst_server.runtime.graphs import LossGraphs
 
 from . import reference
 from .vgg import VGG19Features

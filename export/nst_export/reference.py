@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from nst_server.manifest import Preprocessing
+from nst.manifest import Preprocessing
 from torch import nn
 from torch.nn import functional
 

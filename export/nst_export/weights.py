@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from nst_server.manifest import Preprocessing
+from nst.manifest import Preprocessing
 from torch import nn
 
 from .reference import preprocess
@@ -21,6 +21,11 @@ from .vgg import CONV_LAYERS, VGG19Features
 
 class ExportError(Exception):
     """An export failed for a reason the user can act on; the message says how."""
+
+
+class WeightsUnavailable(ExportError):
+    """Published weights could not be downloaded (an offline machine): ``nst-export`` exits with its own status,
+    EXIT_WEIGHTS_UNAVAILABLE, so that a script can fall back to generated weights and say so."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +71,10 @@ def fetch_published(weights: PublishedWeights, cache_dir: Path | None = None) ->
             cache.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(weights.url, str(target), hash_prefix=expected, progress=False)
         except (urllib.error.URLError, OSError) as error:
-            raise ExportError(
+            raise WeightsUnavailable(
                 f"cannot download {weights.name} weights from {weights.url} ({error}); on an offline machine "
-                f"copy the file to {target}, pass a local state dict (--weights PATH) or use --weights random"
+                f"copy the file to {target}, pass a local state dict (--weights PATH), or use --weights ranvgg (random "
+                "weights at a trained net's scale) or --weights random"
             ) from error
         except RuntimeError as error:  # torch.hub's hash mismatch
             raise ExportError(f"{weights.url}: {error}; the download is corrupt or was replaced") from error

@@ -1,9 +1,9 @@
 """The events of a Stylize stream, as plain Python values: one definition for the server and the client library.
 
 ``StylizeResponse`` in ``nst/v1/style_transfer.proto`` says what each event means on the wire; these are the
-same events as frozen dataclasses. The server's domain emits them (``nst_server.pipeline``) and
-``nst_server.codec`` encodes them; ``nst_client`` decodes the stream into them (``nst_client._convert``) and hands
-them to its callers. This module imports neither protobuf nor gRPC, so the server's domain may use it.
+same events as frozen dataclasses. The server's domain emits them (``nst_server.domain.pipeline``) and
+``nst_server.transport.codec`` encodes them; ``nst_client`` decodes the stream into them (``nst_client._convert``)
+and hands them to its callers. This module imports neither protobuf nor gRPC, so the server's domain may use it.
 
 The enums are ``StrEnum``s: a member equals its name in the API (``Optimizer.LBFGS == "lbfgs"``), the string the
 client library's options take.

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import get_args
 
-from . import auth
 from .app import load_models, serve
 from .config import (
     MAX_SIDE_TILED_PX,
@@ -24,7 +23,9 @@ from .config import (
     Placement,
     ServerConfig,
 )
-from .graphs import AUTO_PLACEMENT, DeviceUnavailableError
+from .runtime.graphs import AUTO_PLACEMENT
+from .runtime.sessions import DeviceUnavailableError
+from .transport import auth
 
 log = logging.getLogger("nst_server")
 
@@ -55,9 +56,19 @@ def _flag(limit: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = ServerConfig(model_dirs=())
+    """nst-server's flags, one group each; every default is ServerConfig's."""
+    defaults = ServerConfig(model_dirs=())
     parser = argparse.ArgumentParser(prog="nst-server", description="Serve Gatys style transfer over gRPC.")
-    parser.add_argument(
+    _add_serving_flags(parser.add_argument_group("serving"), defaults)
+    _add_runtime_flags(parser.add_argument_group("runtime (onnxruntime)"), defaults)
+    _add_limit_flags(parser.add_argument_group("limits (per server unless said)"), defaults)
+    _add_lifecycle_flags(parser.add_argument_group("connections and shutdown"), defaults)
+    _add_access_flags(parser.add_argument_group("access (default: plaintext, no authentication)"))
+    return parser
+
+
+def _add_serving_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
+    group.add_argument(
         "--model",
         dest="model_dirs",
         type=Path,
@@ -65,20 +76,30 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="model directory from nst-export; repeat to serve several (the first is the default)",
     )
-    parser.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=d.port, help=f"default {d.port}; 0 picks a free port")
-    parser.add_argument(
+    group.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}; 0.0.0.0 for all)")
+    group.add_argument("--port", type=int, default=d.port, help=f"default {d.port}; 0 picks a free port")
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        default=d.metrics_port,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: not served; 0 picks a free port)",
+    )
+    group.add_argument("--metrics-host", default=d.metrics_host, help="address for the metrics (default: --host)")
+
+
+def _add_runtime_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
+    group.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
         default=d.device,
         help="auto: CUDA when onnxruntime-gpu and a GPU are present, else CPU (default)",
     )
-    parser.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per job (0 = all cores)")
+    group.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per job (0 = all cores)")
     auto = "; ".join(
         f"on {device} " + ", ".join(f"{optimizer} {where}" for optimizer, where in placements.items())
         for device, placements in AUTO_PLACEMENT.items()
     )
-    parser.add_argument(
+    group.add_argument(
         "--optimizer-placement",
         choices=get_args(Placement),
         default=d.optimizer_placement,
@@ -86,39 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
         f"(step graphs on the model's device; only loss scalars cross), or auto: per device, {auto} "
         f"(default {d.optimizer_placement})",
     )
-    parser.add_argument(
+    group.add_argument(
         "--cuda-graphs",
         action="store_true",
         help="CUDA only: replay the device-placed Adam step as captured CUDA graphs (one per scale); the loss graph "
-        "and L-BFGS's steps are not captured (host copies; scalars read each run)",
+        "(not written yet) and L-BFGS's steps (scalars read each run) are not captured",
     )
-    parser.add_argument(
+    group.add_argument(
         "--cuda-tf32",
         choices=("on", "off"),
         default="on" if d.cuda.tf32 else "off",
-        help="CUDA only: let convolutions and matrix products use TF32 (faster, about 1e-3 relative error, above "
-        "the parity check's float32 tolerances); default %(default)s, chosen by reasoning until measured "
-        "(README: GPU)",
+        help="CUDA only: let convolutions and matrix products use TF32 (faster; about 1e-3 relative error, above "
+        "the parity check's float32 tolerances); default %(default)s, chosen by reasoning until measured",
     )
-    parser.add_argument(
+    group.add_argument(
         "--cuda-conv-search",
         choices=get_args(ConvSearch),
         default=d.cuda.conv_search,
         help="CUDA only: how cuDNN picks each convolution's algorithm for every new image shape (each scale of a "
         "job is one): exhaustive times them all on the first evaluation, heuristic asks cuDNN (default %(default)s)",
     )
-    for limit, what in _LIMIT_FLAGS.items():
-        parser.add_argument(
-            _flag(limit), type=int, default=getattr(d.limits, limit), help=f"{what} (default %(default)s)"
-        )
-    parser.add_argument(
-        "--max-side",
-        dest="max_side_px",
-        type=int,
-        default=None,
-        help=f"longest output side in px (default {MAX_SIDE_TILED_PX}, or {MAX_SIDE_WHOLE_PX} with --tile-size 0)",
-    )
-    parser.add_argument(
+    group.add_argument(
         "--tile-size",
         dest="tile_px",
         type=int,
@@ -128,26 +137,37 @@ def build_parser() -> argparse.ArgumentParser:
         f"side exceeds one such tile (PX + 320 px), so memory follows PX, not the image; a multiple of 16 from "
         f"{MIN_TILE_PX}, or 0 for whole images only (default {d.tile_px})",
     )
-    for dest, (flag, what) in _SECONDS_FLAGS.items():
-        parser.add_argument(flag, dest=dest, type=float, default=getattr(d, dest), help=f"{what} (default %(default)g)")
-    parser.add_argument(
-        "--metrics-port",
+
+
+def _add_limit_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
+    for limit, what in _LIMIT_FLAGS.items():
+        group.add_argument(
+            _flag(limit), type=int, default=getattr(d.limits, limit), help=f"{what} (default %(default)s)"
+        )
+    group.add_argument(
+        "--max-side",
+        dest="max_side_px",
         type=int,
-        default=d.metrics_port,
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: not served; 0 picks a free port)",
+        default=None,
+        help=f"longest output side in px (default {MAX_SIDE_TILED_PX}, or {MAX_SIDE_WHOLE_PX} with --tile-size 0)",
     )
-    parser.add_argument("--metrics-host", default=d.metrics_host, help="address for the metrics (default: --host)")
-    access = parser.add_argument_group("access (default: plaintext, no authentication)")
-    access.add_argument("--tls-cert", type=Path, metavar="PATH", help="PEM certificate chain: serve TLS only")
-    access.add_argument("--tls-key", type=Path, metavar="PATH", help="PEM private key of --tls-cert (both or neither)")
-    access.add_argument(
+
+
+def _add_lifecycle_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
+    for dest, (flag, what) in _SECONDS_FLAGS.items():
+        group.add_argument(flag, dest=dest, type=float, default=getattr(d, dest), help=f"{what} (default %(default)g)")
+
+
+def _add_access_flags(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--tls-cert", type=Path, metavar="PATH", help="PEM certificate chain: serve TLS only")
+    group.add_argument("--tls-key", type=Path, metavar="PATH", help="PEM private key of --tls-cert (both or neither)")
+    group.add_argument(
         "--token-file",
         type=Path,
         metavar="PATH",
         help=f"require this bearer token (whitespace stripped) on every call but health; "
         f"default ${auth.TOKEN_ENV} when set",
     )
-    return parser
 
 
 def _usage_problem(config: ServerConfig) -> str | None:

@@ -13,14 +13,14 @@ from grpc_reflection.v1alpha import reflection
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
-from . import auth
-from .admission import Admission
 from .config import ServerConfig
-from .errors import ShuttingDown
-from .graphs import LossGraphs
-from .metrics import Metrics
-from .model import LossModel
-from .servicer import StyleTransferServicer
+from .domain.errors import ShuttingDown
+from .domain.model import LossModel
+from .runtime.graphs import LossGraphs
+from .transport import auth
+from .transport.admission import Admission
+from .transport.metrics import Metrics
+from .transport.servicer import StyleTransferServicer
 
 log = logging.getLogger(__name__)
 

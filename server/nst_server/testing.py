@@ -32,8 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from .__main__ import build_parser, config_from_args
 from .app import Server, create_server
 from .config import Device, Placement, ServerConfig
-from .graphs import LossGraphs
-from .model import LossModel
+from .domain.model import LossModel
+from .runtime.graphs import LossGraphs
 
 T = TypeVar("T")
 # Metric samples by name and labels, e.g. ("nst_jobs_running", frozenset()) -> 0.0.

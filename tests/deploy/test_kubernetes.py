@@ -10,9 +10,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from nst_server.__main__ import build_parser
-from nst_server.admission import Admission
 from nst_server.app import SERVICE_NAME
-from nst_server.metrics import Metrics
+from nst_server.transport.admission import Admission
+from nst_server.transport.metrics import Metrics
 
 from tests.deploy.dockerfile import REPO, stages
 

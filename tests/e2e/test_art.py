@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
-from nst_server.colour import to_ycbcr
+from nst_server.domain.colour import to_ycbcr
 from nst_server.testing import InProcessServer, running_server
 from PIL import Image
 

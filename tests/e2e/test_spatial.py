@@ -16,21 +16,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from nst import manifest as mf
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 from nst_export.onnx_graphs import build_loss_graph, build_targets_graph
 from nst_export.vgg import VGG19Features
 from nst_export.weights import init_random
-from nst_server import codec, pipeline
-from nst_server import manifest as mf
-from nst_server.colour import to_ycbcr
 from nst_server.config import ServerConfig
-from nst_server.graphs import LossGraphs, SessionEvaluator, _session_options
-from nst_server.job import FloatArray
-from nst_server.model import Evaluator, Regions, ShouldStop, Targets, never_stop
-from nst_server.optimise import HostOptimiser
-from nst_server.targets import layer_weights
+from nst_server.domain import pipeline
+from nst_server.domain.colour import to_ycbcr
+from nst_server.domain.evaluation import Evaluator, FloatArray, ShouldStop, never_stop
+from nst_server.domain.model import Regions, Targets
+from nst_server.domain.optimise import HostOptimiser
+from nst_server.domain.targets import layer_weights
+from nst_server.runtime.graphs import LossGraphs
+from nst_server.runtime.sessions import SessionEvaluator, session_options
 from nst_server.testing import InProcessServer, running_server
+from nst_server.transport import codec
 from PIL import Image
 
 from tests.images import encoded, picture
@@ -200,7 +202,7 @@ class _PlainGraphs:
         onnx.save(build_targets_graph(model, self.manifest, guided=False), directory / "targets.onnx")
         onnx.save(build_loss_graph(model, self.manifest, guided=False), directory / "loss.onnx")
         self._targets, self._loss = (
-            ort.InferenceSession(str(directory / name), _session_options(0), providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(directory / name), session_options(0), providers=["CPUExecutionProvider"])
             for name in ("targets.onnx", "loss.onnx")
         )
 

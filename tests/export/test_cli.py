@@ -9,10 +9,10 @@ from pathlib import Path
 
 import onnx
 import pytest
+from nst.manifest import LOSS_FILE, METADATA_KEY, MIN_ONNXRUNTIME_KEY, TARGETS_FILE, Manifest
 from nst_export import parity
 from nst_export.cli import main
 from nst_export.onnx_graphs import IR_VERSION, MIN_ONNXRUNTIME
-from nst_server.manifest import LOSS_FILE, METADATA_KEY, MIN_ONNXRUNTIME_KEY, TARGETS_FILE, Manifest
 
 pytestmark = pytest.mark.slow
 

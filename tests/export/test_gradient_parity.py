@@ -9,7 +9,7 @@ import torch
 from nst_export.parity import GRAD_TOLERANCE, LOSS_TOLERANCE, check_parity, random_images
 from nst_export.vgg import VGG19Features
 from nst_export.weights import init_random, load_into, read_state_dict
-from nst_server.graphs import LossGraphs
+from nst_server.runtime.graphs import LossGraphs
 
 pytestmark = pytest.mark.slow
 

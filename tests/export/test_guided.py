@@ -9,12 +9,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from nst import manifest as mf
 from nst_export.onnx_graphs import build_loss_graph, build_targets_graph
 from nst_export.parity import GRAD_TOLERANCE, LOSS_TOLERANCE, check_parity, random_images
 from nst_export.vgg import VGG19Features
 from nst_export.weights import init_random
-from nst_server import manifest as mf
-from nst_server.graphs import LossGraphs, Regions, _session_options
+from nst_server.domain.model import Regions
+from nst_server.runtime.graphs import LossGraphs
+from nst_server.runtime.sessions import session_options
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,7 @@ def _plain_sessions(
         ("loss.onnx", build_loss_graph(torch_model, manifest, guided=False)),
     ):
         onnx.save(graph, directory / name)
-        options = _session_options(0)
+        options = session_options(0)
         sessions.append(ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"]))
     return sessions[0], sessions[1]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nst import manifest as mf
 from nst_export.onnx_graphs import MIN_ONNXRUNTIME
-from nst_server import manifest as mf
 from packaging.specifiers import SpecifierSet
 
 REPO = Path(__file__).resolve().parents[2]

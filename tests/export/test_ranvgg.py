@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from nst.manifest import LOSS_FILE, METADATA_KEY, TARGETS_FILE, Manifest
 from nst_client import StyleClient
 from nst_export.cli import main
 from nst_export.reference import preprocess
@@ -19,7 +20,6 @@ from nst_export.weights import (
     reference_image,
     weights_sha256,
 )
-from nst_server.manifest import LOSS_FILE, METADATA_KEY, TARGETS_FILE, Manifest
 from nst_server.testing import running_server
 
 DEEPEST = "relu5_1"

@@ -100,3 +100,19 @@ def test_corrupt_file_is_refused(tmp_path: Path, weights_file: Path) -> None:
     path.write_bytes(weights_file.read_bytes()[:1000])
     with pytest.raises(ExportError, match="not a readable PyTorch state dict"):
         read_state_dict(path)
+
+
+def test_unreachable_published_weights_exit_with_their_own_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Offline, `nst-export --weights imagenet` exits EXIT_WEIGHTS_UNAVAILABLE (deploy/local.sh falls back on it),
+    while any other failure exits 1, and nothing is written."""
+    from nst_export import cli
+
+    missing = PublishedWeights("imagenet", (tmp_path / "vgg19-0123abcd.pth").as_uri(), "imagenet")
+    monkeypatch.setitem(cli.PUBLISHED, "imagenet", missing)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert cli.main(["--weights", "imagenet", "--out", str(tmp_path / "model")]) == cli.EXIT_WEIGHTS_UNAVAILABLE == 3
+    assert "cannot download imagenet weights" in capsys.readouterr().err
+    assert cli.main(["--weights", str(tmp_path / "absent.pth"), "--out", str(tmp_path / "model")]) == 1
+    assert not (tmp_path / "model").exists()
