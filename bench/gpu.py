@@ -228,22 +228,29 @@ def smoke(device: str) -> dict[str, Any]:
             f"{distribution} {ort.__version__} has no CUDA provider (it lists {available}): install onnxruntime-gpu "
             "(bash bench/gpu.sh --wheelhouse DIR)"
         )
-    if device == "cuda" and hasattr(ort, "preload_dlls"):
-        # CUDA and cuDNN from the nvidia-* wheels in this environment (torch's, or onnxruntime-gpu[cuda,cudnn]).
-        ort.preload_dlls()
-    model, image, weight = _one_conv()
-    want = CUDA if device == "cuda" else CPU
-    session = ort.InferenceSession(model, providers=[want, CPU] if device == "cuda" else [CPU])
+    build = cuda_build(ort.__version__)
+    needs = (
+        f"{distribution} {ort.__version__} is a CUDA {build[0]} build: it needs CUDA {build[0]} and cuDNN 9 "
+        f"libraries and an NVIDIA driver {build[1]} or later (nvidia-smi shows the driver; the libraries come from "
+        "nvidia-* wheels in this environment or the loader's path)"
+        if build
+        else f"{distribution} {ort.__version__} is older than the project supports (1.22)"
+    )
+    try:
+        if device == "cuda" and hasattr(ort, "preload_dlls"):
+            # CUDA and cuDNN from the nvidia-* wheels in this environment (torch's, or onnxruntime-gpu[cuda,cudnn]).
+            ort.preload_dlls()
+        model, image, weight = _one_conv()
+        want = CUDA if device == "cuda" else CPU
+        session = ort.InferenceSession(model, providers=[want, CPU] if device == "cuda" else [CPU])
+    except Exception as error:  # onnxruntime's own types (Fail, RuntimeException, ...)
+        raise StepFailed(f"no session on {device}: {error}. {needs}") from error
     record["providers"] = session.get_providers()
     if record["providers"][0] != want:
-        build = cuda_build(ort.__version__)
-        needs = f"a CUDA {build[0]} build: it needs CUDA {build[0]} and cuDNN 9 libraries and an NVIDIA driver " \
-            f"{build[1]} or later" if build else "older than the project supports (1.22)"  # fmt: skip
         raise StepFailed(
             f"CUDA did not start: {distribution} {ort.__version__} lists {available}, but the session got "
             f"{record['providers']}, so its CUDA or cuDNN libraries did not load (onnxruntime's log above names "
-            f"the one missing). {distribution} {ort.__version__} is {needs} (nvidia-smi shows the driver; the "
-            f"libraries come from nvidia-* wheels in this environment or the loader's path)"
+            f"the one missing). {needs}"
         )
     got = session.run(None, {"x": image})[0]
     windows = np.lib.stride_tricks.sliding_window_view(np.pad(image, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), (2, 3))
