@@ -285,10 +285,12 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     """Python, the libraries' versions (torch's too: the host's may not be the export's pin) and where the
     project's packages come from."""
     nst_server = importlib.util.find_spec("nst_server")
-    origin = str(Path(nst_server.origin).parent) if nst_server and nst_server.origin else "missing"
+    origin = Path(nst_server.origin) if nst_server and nst_server.origin else None
+    source = origin is not None and origin.is_relative_to(PIN_FILE.parents[2] / "server")
+    project = "missing" if origin is None else "this source tree (PYTHONPATH)" if source else "installed"
     versions = {name: _installed(name) or "not installed" for name in ("torch", "onnx", "numpy", "scipy", "grpcio")}
     versions[_onnxruntime_distribution()] = _installed("onnxruntime-gpu") or _installed("onnxruntime") or "-"
-    return {"python": sys.version.split()[0], "nst_server": origin, "pin": PIN_FILE.read_text().strip(), **versions}
+    return {"python": sys.version.split()[0], "project": project, "pin": PIN_FILE.read_text().strip(), **versions}
 
 
 def missing(step: str) -> list[str]:

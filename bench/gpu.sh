@@ -163,11 +163,13 @@ gated() {  # name, step, command...: run when step 1 passed, the model exists an
     fi
 }
 
-gated "3. parity with PyTorch on $device (TF32 off, and on)" parity \
+on_cuda_note=""
+((dry_run)) || on_cuda_note=", CUDA settings (TF32:search) $settings"
+gated "3. parity with PyTorch on $device" parity \
     "$python" -m bench.gpu parity --model "$model" --device "$device" --json "$json"
 ((dry_run)) && echo "parity on cuda: skipped: no CUDA (checked on the CPU provider instead; TF32 on: skipped: no CUDA)"
 
-gated "4. placement, first and warm evaluations, peak memory at $sides px ($settings)" placement \
+gated "4. placement, first and warm evaluations, peak memory at $sides px$on_cuda_note" placement \
     "$python" -m bench.gpu placement --model "$model" --device "$device" --sides "$sides" --settings "$settings" \
     --iterations "$iterations" --repeats "$repeats" --timeout "$step_timeout" --json "$json"
 

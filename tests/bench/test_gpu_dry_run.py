@@ -45,9 +45,11 @@ def _gpu_sh(python: Path, *flags: str, timeout: float = 900) -> subprocess.Compl
     )
 
 
-def _throwaway_venv(path: Path) -> Path:
+def _throwaway_venv(path: Path, project: bool = True) -> Path:
     """A virtualenv with pip that imports this environment's packages, onnxruntime excepted (a directory of links
-    to them, on its path by a .pth file), so that what pip installs or removes there is its own."""
+    to them, on its path by a .pth file), so that what pip installs or removes there is its own. Without
+    ``project``, this project's own packages are left out too: gpu.sh must then run them from the source tree."""
+    left_out = ("onnxruntime", "pip") if project else ("onnxruntime", "pip", "nst", "neuralstyletransfer")
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     python = path / "bin" / "python"
     query = [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
@@ -55,7 +57,7 @@ def _throwaway_venv(path: Path) -> Path:
     shared = path / "shared-site-packages"
     shared.mkdir()
     for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not entry.name.lower().startswith(("onnxruntime", "pip")) and not entry.name.endswith(".pth"):
+        if not entry.name.lower().startswith(left_out) and not entry.name.endswith(".pth"):
             (shared / entry.name).symlink_to(entry)
     (site / "shared.pth").write_text(f"{shared}\n")
     return python
@@ -110,9 +112,10 @@ def test_dry_run_end_to_end(tmp_path: Path) -> None:
 def test_quick_dry_run_installs_from_a_wheelhouse(tmp_path: Path) -> None:
     """`--dry-run --quick --wheelhouse DIR`: step 1 removes the environment's onnxruntime and installs it again
     from DIR alone (the same pip commands as onnxruntime-gpu's on a GPU host), then every step but throughput
-    runs on it; BENCHMARKS.md is not touched."""
+    runs on it, the project from this source tree (it is not installed in that environment, as on a GPU host);
+    BENCHMARKS.md is not touched."""
     wheelhouse, version = _onnxruntime_wheelhouse()
-    python = _throwaway_venv(tmp_path / "venv")
+    python = _throwaway_venv(tmp_path / "venv", project=False)
     install = [str(python), "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheelhouse)]
     subprocess.run([*install, f"onnxruntime=={version}"], check=True, env=_env(python))
     benchmarks = _digest(REPO_ROOT / "BENCHMARKS.md")
@@ -124,6 +127,8 @@ def test_quick_dry_run_installs_from_a_wheelhouse(tmp_path: Path) -> None:
     where = subprocess.run([str(python), "-c", "import onnxruntime; print(onnxruntime.__file__)"], **_captured())
     assert Path(where.stdout.strip()).is_relative_to(tmp_path / "venv" / "lib"), where.stdout
     assert importlib.metadata.version("onnxruntime") == version  # this environment's own is untouched
+    assert "the project is not installed in" in done.stdout
+    assert f"running it from source (PYTHONPATH={REPO_ROOT}/server:{REPO_ROOT}/client:" in done.stdout
     data = json.loads((out / "gpu.json").read_text())
     assert data["onnxruntime"]["install"] == {
         "distribution": "onnxruntime",
@@ -133,6 +138,7 @@ def test_quick_dry_run_installs_from_a_wheelhouse(tmp_path: Path) -> None:
     assert data["onnxruntime"]["providers"] == [gpu.CPU]
     assert data["onnxruntime"]["conv_relative_error"] < 1e-5
     assert data["environment"]["torch"] == importlib.metadata.version("torch")
+    assert data["environment"]["project"] == "this source tree (PYTHONPATH)"
     assert data["parity"]["passed"]
     assert {r["side"] for r in data["placement"]["rows"]} == {64, 96}
     statuses = {s["name"].split(".")[0]: s["status"] for s in data["steps"]}
