@@ -23,8 +23,9 @@
 #                     run from this source tree (PYTHONPATH), and a missing extra skips only the steps needing it.
 #   --quick           steps 1 to 4 at 512 and 1024 px only, TF32 off and on: about 3 minutes on an H200 by estimate
 #                     (README, "GPU"), never measured; --sides LIST overrides the sizes of either.
-#   --step-timeout S  each step is stopped after S seconds (default 600), recorded as failed, and the rest go on;
-#                     the exit status is then 1. Every step prints and records its elapsed time.
+#   --step-timeout S  each step is stopped after S seconds (default 600; step 4: S per size and setting), recorded
+#                     as failed, and the rest go on; the exit status is then 1. Every step prints and records its
+#                     elapsed time.
 #   --dry-run         on any machine, on the CPU provider at 64 and 96 px, writing into --out (default: a temporary
 #                     directory); the CUDA-only parts say "skipped: no CUDA". With --wheelhouse it reinstalls this
 #                     environment's onnxruntime (the CPU build) from DIR. CI runs it (tests/bench/test_gpu_dry_run.py).
@@ -62,6 +63,7 @@ for dir in "$wheelhouse" "$model"; do
 done
 [[ -z "$wheelhouse" ]] || wheelhouse="$(cd "$wheelhouse" && pwd)"
 [[ -z "$model" ]] || model="$(cd "$model" && pwd)"
+[[ -z "$out" ]] || { mkdir -p "$out" && out="$(cd "$out" && pwd)"; }  # relative to where it was asked for
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 python="${PYTHON:-python}"
@@ -96,14 +98,14 @@ record() {  # name, status, seconds
     "$python" -m bench.gpu step --json "$json" --name "$1" --status "$2" --seconds "$3" ||
         echo "(could not record step $1 in $json)" >&2
 }
-run_step() {  # name, command...: at most --step-timeout seconds; the outcome and elapsed time are recorded
-    local name="$1" begun=$SECONDS status=ok code
+run_step() {  # name, command...: at most $limit seconds (default --step-timeout); outcome and time are recorded
+    local name="$1" begun=$SECONDS status=ok code limit="${limit:-$step_timeout}"
     shift
     echo "== [$((SECONDS - started)) s] $name"
-    timeout --kill-after=10 "$step_timeout" "$@"
+    timeout --kill-after=10 "$limit" "$@"
     code=$?
     if ((code == 124 || code == 137)); then
-        status="timed out after $step_timeout s"
+        status="timed out after $limit s"
     elif ((code)); then
         status="failed (exit $code)"
     fi
@@ -169,7 +171,11 @@ gated "3. parity with PyTorch on $device" parity \
     "$python" -m bench.gpu parity --model "$model" --device "$device" --json "$json"
 ((dry_run)) && echo "parity on cuda: skipped: no CUDA (checked on the CPU provider instead; TF32 on: skipped: no CUDA)"
 
-gated "4. placement, first and warm evaluations, peak memory at $sides px$on_cuda_note" placement \
+# One process per size and setting, each with --step-timeout of its own inside bench.gpu placement.
+IFS=, read -ra size_list <<<"$sides"
+IFS=, read -ra setting_list <<<"$settings"
+limit=$((step_timeout * ${#size_list[@]} * ${#setting_list[@]})) \
+    gated "4. placement, first and warm evaluations, peak memory at $sides px$on_cuda_note" placement \
     "$python" -m bench.gpu placement --model "$model" --device "$device" --sides "$sides" --settings "$settings" \
     --iterations "$iterations" --repeats "$repeats" --timeout "$step_timeout" --json "$json"
 

@@ -217,6 +217,26 @@ def test_a_broken_onnxruntime_gpu_fails_step_1_and_skips_the_rest(tmp_path: Path
     assert "Smoke test on `cuda`: FAILED: CUDA did not start" in (out / "gpu.md").read_text()
 
 
+def test_a_step_past_its_timeout_is_stopped_recorded_and_the_run_fails(tmp_path: Path) -> None:
+    """A smoke test that hangs (an interpreter that sleeps for it) is stopped after --step-timeout, recorded as
+    timed out, the steps after it are skipped, the report is still written, and the exit status is 1."""
+    python = tmp_path / "python"
+    python.write_text(
+        f'#!/usr/bin/env bash\n[[ "$*" == *"bench.gpu onnxruntime"* ]] && exec sleep 120\nexec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    done = _gpu_sh(python, "--dry-run", "--quick", "--step-timeout", "2", "--out", str(tmp_path / "out"), timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    data = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert [s["status"] for s in data["steps"]] == [
+        "timed out after 2 s",
+        *["skipped: step 1 failed"] * 3,
+        "skipped: --quick",
+        "ok",
+    ]
+    assert "FAILED: 1. onnxruntime smoke test on cpu" in done.stderr
+
+
 def test_a_wheelhouse_without_the_wheel_changes_nothing(tmp_path: Path) -> None:
     """The wheel is looked for before onnxruntime is removed: a wrong wheelhouse leaves the environment as it was."""
     with pytest.raises(gpu.StepFailed, match=rf"no onnxruntime_gpu-{PIN}-\*\.whl there \(it holds no wheels\)"):
