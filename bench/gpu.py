@@ -68,7 +68,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
         "PIL",
     ),
 }
-_EXTRA_OF = {"torch": "export", "grpc_health": "server", "grpc_reflection": "server", "prometheus_client": "server"}
+_PROVIDED_BY = {"torch": "export extra", "grpc": "base install", "grpc_health": "base install", "PIL": "base install"}
 
 # Which CUDA major each onnxruntime-gpu release on PyPI is built for (the wheels' own requirements, as read for
 # issue 26): 1.22 to 1.26 for CUDA 12 (driver 525 or later), 1.27 on for CUDA 13 (driver 580 or later). cuDNN 9
@@ -602,8 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.step == "needs":
         if lacking := missing(args.needed_by):
-            extras = sorted({_EXTRA_OF.get(module, "server") for module in lacking})
-            print(f"needs {', '.join(lacking)} (not installed: the {' and '.join(extras)} extra)")
+            extras = sorted({_PROVIDED_BY.get(module, "server extra") for module in lacking})
+            print(f"needs {', '.join(lacking)} (not installed: the {' and '.join(extras)})")
             return 3
         return 0
     if args.step == "report":

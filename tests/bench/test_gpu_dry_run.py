@@ -45,11 +45,11 @@ def _gpu_sh(python: Path, *flags: str, timeout: float = 900) -> subprocess.Compl
     )
 
 
-def _throwaway_venv(path: Path, project: bool = True) -> Path:
-    """A virtualenv with pip that imports this environment's packages, onnxruntime excepted (a directory of links
-    to them, on its path by a .pth file), so that what pip installs or removes there is its own. Without
-    ``project``, this project's own packages are left out too: gpu.sh must then run them from the source tree."""
-    left_out = ("onnxruntime", "pip") if project else ("onnxruntime", "pip", "nst", "neuralstyletransfer")
+def _throwaway_venv(path: Path, leave_out: tuple[str, ...] = ("onnxruntime",)) -> Path:
+    """A virtualenv with pip that imports this environment's packages but those named in ``leave_out`` (by prefix;
+    a directory of links to them, on its path by a .pth file), so that what pip installs or removes there is its
+    own. Leaving this project's packages out makes gpu.sh run them from the source tree; leaving torch out, as a
+    GPU host without the export extra would."""
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     python = path / "bin" / "python"
     query = [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
@@ -57,7 +57,7 @@ def _throwaway_venv(path: Path, project: bool = True) -> Path:
     shared = path / "shared-site-packages"
     shared.mkdir()
     for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not entry.name.lower().startswith(left_out) and not entry.name.endswith(".pth"):
+        if not entry.name.lower().startswith(("pip", *leave_out)) and not entry.name.endswith(".pth"):
             (shared / entry.name).symlink_to(entry)
     (site / "shared.pth").write_text(f"{shared}\n")
     return python
@@ -115,7 +115,7 @@ def test_quick_dry_run_installs_from_a_wheelhouse(tmp_path: Path) -> None:
     runs on it, the project from this source tree (it is not installed in that environment, as on a GPU host);
     BENCHMARKS.md is not touched."""
     wheelhouse, version = _onnxruntime_wheelhouse()
-    python = _throwaway_venv(tmp_path / "venv", project=False)
+    python = _throwaway_venv(tmp_path / "venv", ("onnxruntime", "nst", "neuralstyletransfer"))
     install = [str(python), "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheelhouse)]
     subprocess.run([*install, f"onnxruntime=={version}"], check=True, env=_env(python))
     benchmarks = _digest(REPO_ROOT / "BENCHMARKS.md")
@@ -215,6 +215,28 @@ def test_a_broken_onnxruntime_gpu_fails_step_1_and_skips_the_rest(tmp_path: Path
     assert first["status"] == "failed (exit 1)"
     assert [s["status"] for s in rest] == ["skipped: step 1 failed"] * 3 + ["skipped: --quick", "ok"]
     assert "Smoke test on `cuda`: FAILED: CUDA did not start" in (out / "gpu.md").read_text()
+
+
+@pytest.mark.slow  # a virtualenv, two sizes of both placements
+def test_without_torch_only_the_steps_that_need_it_are_skipped(tmp_path: Path, model_dir: Path) -> None:
+    """A host without the export extra, given a model exported elsewhere (--model): parity says it needs torch and
+    is skipped, the placement runs, the run passes; the model given is neither exported again nor removed."""
+    python = _throwaway_venv(tmp_path / "venv", ("torch",))
+    out = tmp_path / "out"
+    done = _gpu_sh(python, "--dry-run", "--quick", "--use-installed", "--model", str(model_dir), "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads((out / "gpu.json").read_text())
+    assert data["environment"]["torch"] == "not installed"
+    statuses = {s["name"].split(".")[0]: s["status"] for s in data["steps"]}
+    assert statuses == {
+        "1": "ok",
+        "3": "skipped: needs torch (not installed: the export extra)",
+        "4": "ok",
+        "5": "skipped: --quick",
+        "6": "ok",
+    }
+    assert {r["side"] for r in data["placement"]["rows"]} == {64, 96}
+    assert (model_dir / "loss_and_grad.onnx").exists()
 
 
 def test_a_step_past_its_timeout_is_stopped_recorded_and_the_run_fails(tmp_path: Path) -> None:
