@@ -127,7 +127,9 @@ needs() {  # step: prints what it lacks and fails when an extra it needs is miss
 
 install=()
 [[ -z "$wheelhouse" ]] || install=(--wheelhouse "$wheelhouse" --distribution "$distribution" --version "$version")
-name="1. onnxruntime${wheelhouse:+: install $distribution==$version from $wheelhouse,} smoke test on $device"
+wanted="$distribution==$version"
+((dry_run)) && wanted="$distribution (the version installed here)"
+name="1. onnxruntime${wheelhouse:+: install $wanted from $wheelhouse,} smoke test on $device"
 if run_step "$name" "$python" -m bench.gpu onnxruntime --device "$device" "${install[@]}" --json "$json"; then
     ready=1
 else
