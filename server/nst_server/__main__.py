@@ -58,7 +58,10 @@ def _flag(limit: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """nst-server's flags, one group each; every default is ServerConfig's."""
     defaults = ServerConfig(model_dirs=())
-    parser = argparse.ArgumentParser(prog="nst-server", description="Serve Gatys style transfer over gRPC.")
+    parser = argparse.ArgumentParser(
+        prog="nst-server",
+        description="Serve Gatys style transfer over gRPC (and, with --http-port, Connect, gRPC-Web and a page).",
+    )
     _add_serving_flags(parser.add_argument_group("serving"), defaults)
     _add_runtime_flags(parser.add_argument_group("runtime (onnxruntime)"), defaults)
     _add_limit_flags(parser.add_argument_group("limits (per server unless said)"), defaults)
@@ -78,6 +81,23 @@ def _add_serving_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
     )
     group.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}; 0.0.0.0 for all)")
     group.add_argument("--port", type=int, default=d.port, help=f"default {d.port}; 0 picks a free port")
+    group.add_argument(
+        "--http-port",
+        type=int,
+        default=d.http_port,
+        metavar="PORT",
+        help="also serve the Connect protocol (JSON and binary) and gRPC-Web, and the page to paint with at "
+        "http://HOST:PORT/, on this port (default: not served; 0 picks a free port); same jobs, limits and token",
+    )
+    group.add_argument(
+        "--http-allow-origin",
+        dest="http_allowed_origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (scheme://host[:port], or * for any) call the HTTP port (CORS); repeat for "
+        "several (default: none, only the page the server itself serves)",
+    )
     group.add_argument(
         "--metrics-port",
         type=int,
@@ -183,6 +203,10 @@ def _usage_problem(config: ServerConfig) -> str | None:
         )
     if config.cuda_graphs and config.device == "cpu":
         return "--cuda-graphs needs CUDA: it captures GPU work as CUDA graphs, and --device cpu has none"
+    if config.http_port is not None and not 0 <= config.http_port <= 65535:
+        return f"--http-port {config.http_port}: a TCP port is 0 (a free one) to 65535"
+    if config.http_allowed_origins and config.http_port is None:
+        return "--http-allow-origin is for the HTTP port: give --http-port too"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together: give both (TLS) or neither (plaintext)"
     return None
@@ -202,7 +226,14 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
     limits = Limits(**{limit.name: settings.pop(limit.name) for limit in dataclasses.fields(Limits)})
     cuda = CudaSettings(tf32=settings.pop("cuda_tf32") == "on", conv_search=settings.pop("cuda_conv_search"))
     return ServerConfig(
-        **{**settings, "model_dirs": tuple(args.model_dirs), "limits": limits, "cuda": cuda, "token": token}
+        **{
+            **settings,
+            "model_dirs": tuple(args.model_dirs),
+            "http_allowed_origins": tuple(args.http_allowed_origins),
+            "limits": limits,
+            "cuda": cuda,
+            "token": token,
+        }
     )
 
 

@@ -78,6 +78,11 @@ class ServerConfig:
     drain_s: float = 5.0  # after SIGTERM, health answers NOT_SERVING this long before the listener closes
     grace_s: float = 30.0  # then running jobs get this long to finish before they are cancelled
     max_connection_age_s: float = 0.0  # then GOAWAY, so clients re-resolve DNS and find new replicas; 0 = never
+    # Connect (JSON and binary), gRPC-Web and the page at / on this port (transport.connect); None = not served,
+    # 0 = a free port.
+    http_port: int | None = None
+    # Origins whose pages may call the HTTP port from a browser (CORS); empty = same-origin only (the page at /).
+    http_allowed_origins: tuple[str, ...] = ()
     metrics_port: int | None = None  # Prometheus /metrics; None = not served, 0 = a free port
     metrics_host: str | None = None  # None = the same address as the gRPC listener
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the listener speaks TLS only

@@ -79,7 +79,7 @@ def test_scrape_during_a_job(stub: pb_grpc.StyleTransferServiceStub, scrape: Cal
     assert _value(during, "nst_iteration_seconds_count") > _value(before, "nst_iteration_seconds_count")
     assert _value(during, "nst_evaluations_total") > _value(before, "nst_evaluations_total")
 
-    cancelled = {"outcome": "cancelled", "code": "CANCELLED"}
+    cancelled = {"outcome": "cancelled", "code": "CANCELLED", "protocol": "grpc"}
     after = _eventually(scrape, lambda s: _value(s, "nst_jobs_finished_total", **cancelled) >= 2)
     assert (
         _value(after, "nst_jobs_finished_total", **cancelled) - _value(before, "nst_jobs_finished_total", **cancelled)
@@ -92,7 +92,7 @@ def test_finished_job_counts_as_ok(
     stub: pb_grpc.StyleTransferServiceStub, scrape: Callable[[], Samples], model_dir: Path
 ) -> None:
     """A job that reaches its result counts once as ok, with its seconds and its evaluations recorded."""
-    ok = {"outcome": "ok", "code": "OK"}
+    ok = {"outcome": "ok", "code": "OK", "protocol": "grpc"}
     before = scrape()
     events = [response.WhichOneof("event") for response in stub.Stylize(_request(max_evaluations=3), timeout=120)]
     assert events[-1] == "result"
@@ -110,7 +110,7 @@ def test_rejected_request_counts_under_its_status_code(
     stub: pb_grpc.StyleTransferServiceStub, scrape: Callable[[], Samples]
 ) -> None:
     """A request refused as invalid counts with code INVALID_ARGUMENT."""
-    invalid = {"outcome": "InvalidRequest", "code": "INVALID_ARGUMENT"}
+    invalid = {"outcome": "InvalidRequest", "code": "INVALID_ARGUMENT", "protocol": "grpc"}
     before = _value(scrape(), "nst_jobs_finished_total", **invalid)
     with pytest.raises(grpc.RpcError) as error:
         list(stub.Stylize(_request(content=b"not an image"), timeout=60))

@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "NST_TOKEN"
 OPEN_SERVICES = frozenset({health.SERVICE_NAME})  # probes must work without the token
-MISSING = "missing bearer token: send the metadata 'authorization: Bearer <token>' (nst: --token-file or $NST_TOKEN)"
+MISSING = (
+    "missing bearer token: send the metadata (over HTTP, the header) 'authorization: Bearer <token>' "
+    "(nst: --token-file or $NST_TOKEN)"
+)
 WRONG = "wrong bearer token"
 
 
@@ -70,12 +73,28 @@ def tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(private_key, chain)])
 
 
-def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
-    """The credentials of the call's ``authorization: Bearer ...`` metadata (scheme case-insensitive), or None."""
+def _bearer(authorization: str | None) -> str | None:
+    """The credentials of an ``authorization: Bearer ...`` value (scheme case-insensitive), or None."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+
+
+def refusal(token: str, authorization: str | None) -> str | None:
+    """Why a call whose ``authorization`` header or metadata is this (None: absent) is refused; None if it may pass.
+
+    The one check of every protocol: gRPC's interceptor here, Connect's and gRPC-Web's in transport.connect.
+    """
+    given = _bearer(authorization)
+    if given is None:
+        return MISSING
+    return None if hmac.compare_digest(given.encode(), token.encode()) else WRONG
+
+
+def _authorization(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    """The call's ``authorization`` metadata, or None."""
     for name, value in metadata or ():
         if name == "authorization" and isinstance(value, str):
-            scheme, _, credentials = value.partition(" ")
-            return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+            return value
     return None
 
 
@@ -83,7 +102,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses every call without the right bearer token with UNAUTHENTICATED, except to ``open_services``."""
 
     def __init__(self, token: str, open_services: frozenset[str] = OPEN_SERVICES) -> None:
-        self._token = token.encode()
+        self._token = token
         self._open = open_services
 
     async def intercept_service(
@@ -95,10 +114,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or method.split("/")[1] in self._open:
             return handler  # unknown methods stay UNIMPLEMENTED
-        given = _bearer(handler_call_details.invocation_metadata)
-        if given is not None and hmac.compare_digest(given.encode(), self._token):
-            return handler
-        return _refusal(handler, method, MISSING if given is None else WRONG)
+        message = refusal(self._token, _authorization(handler_call_details.invocation_metadata))
+        return handler if message is None else _refusal(handler, method, message)
 
 
 def _refusal(handler: grpc.RpcMethodHandler[Any, Any], method: str, message: str) -> grpc.RpcMethodHandler[Any, Any]:

@@ -1,13 +1,18 @@
-"""The gRPC layer: protobuf in, codec and pipeline, protobuf out; every failure becomes a status (one table)."""
+"""The gRPC layer: protobuf in, codec and pipeline, protobuf out; every failure becomes a status (one table).
+
+``stylize`` and ``describe`` are the calls themselves, whatever the protocol: transport.connect serves them over
+Connect and gRPC-Web with the same admission, limits, metrics and drain.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -76,15 +81,35 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
     async def DescribeModel(  # noqa: N802 (gRPC's method name)
         self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DescribeModelResponse:
-        return codec.describe(self._models, self._config)
+        return self.describe()
 
     async def Stylize(  # noqa: N802
         self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.StylizeResponse]:
+        try:
+            # aclosing: a caller who leaves closes this generator at its yield, and the job's own generator must
+            # be closed then too (not whenever the garbage collector finds it), so that the job stops at once.
+            async with contextlib.aclosing(self.stylize(request, "grpc")) as responses:
+                async for response in responses:
+                    yield response
+        except JobError as error:
+            await context.abort(status_of(error), str(error))
+
+    def describe(self) -> pb.DescribeModelResponse:
+        """DescribeModel's answer, for every protocol."""
+        return codec.describe(self._models, self._config)
+
+    async def stylize(self, request: pb.StylizeRequest, protocol: str) -> AsyncGenerator[pb.StylizeResponse]:
+        """One Stylize call whatever the protocol (gRPC here, Connect and gRPC-Web in transport.connect): admission,
+        the job, its events as responses, its log line and metrics (labelled with ``protocol``).
+
+        Raises:
+            JobError: the job ended without a Result; ``status_of`` gives the status the caller gets.
+        """
         job_id = uuid.uuid4().hex[:12]
         received = time.perf_counter()
         outcome, code, job, last = "error", grpc.StatusCode.UNKNOWN, None, None
-        recorder = self._metrics.job()
+        recorder = self._metrics.job(protocol)
         try:
             reservation = self._admission.reserve()
             try:
@@ -104,16 +129,16 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
                 reservation.release()  # no-op once the job's own release ran; frees a queue place otherwise
         except JobError as error:
             outcome, code = type(error).__name__, status_of(error)
-            await context.abort(code, str(error))
+            raise
         except (asyncio.CancelledError, GeneratorExit):
             # A caller who leaves cancels the RPC's task: inside our own await that raises CancelledError here;
-            # inside grpc's write of a yielded message the task ends and this generator is closed (GeneratorExit).
-            if outcome != "ok":  # leaving after the Result was handed to gRPC is the caller's business
+            # inside the write of a yielded message the task ends and this generator is closed (GeneratorExit).
+            if outcome != "ok":  # leaving after the Result was handed over is the caller's business
                 outcome, code = "cancelled", grpc.StatusCode.CANCELLED
             raise
         finally:
             seconds = time.perf_counter() - received
-            _log_job(job_id, job, last, outcome, seconds)
+            _log_job(job_id, job, last, outcome, seconds, protocol)
             recorder.finished(outcome, code, seconds)
 
     async def _run(self, job: Job, reservation: Reservation, queued_s: float) -> AsyncIterator[Event]:
@@ -191,9 +216,11 @@ def _run_job(
             log.exception("releasing memory after job %s failed", job.job_id)
 
 
-def _log_job(job_id: str, job: Job | None, last: Progress | Result | None, outcome: str, seconds: float) -> None:
+def _log_job(
+    job_id: str, job: Job | None, last: Progress | Result | None, outcome: str, seconds: float, protocol: str
+) -> None:
     """One logfmt line per job, whatever its ending."""
-    fields: dict[str, object] = {"id": job_id, "outcome": outcome, "seconds": f"{seconds:.3f}"}
+    fields: dict[str, object] = {"id": job_id, "outcome": outcome, "seconds": f"{seconds:.3f}", "protocol": protocol}
     if job is not None:
         fields |= {"model": job.model, "size": f"{job.size[0]}x{job.size[1]}"}
     if last is not None:
