@@ -81,7 +81,7 @@ EXPOSE 50051 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["nst", "health", "--server", "127.0.0.1:50051", "--timeout", "3"]
 # Exec form: nst-server is PID 1 and gets SIGTERM from `docker stop` (NOT_SERVING, drain, grace, exit 0).
-ENTRYPOINT ["nst-server", "--model", "/models/vgg19", "--host", "0.0.0.0", "--port", "50051", "--http-port", "8080"]
+ENTRYPOINT ["nst-server", "--model", "/models/vgg19", "--host", "0.0.0.0", "--port", "50051", "--http-port", "8080", "--metrics-host", "0.0.0.0"]
 CMD ["--drain", "2", "--grace", "25"]
 
 # ---- CPU-only image ----

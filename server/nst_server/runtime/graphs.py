@@ -141,6 +141,11 @@ class LossGraphs:
                 self._steps = StepGraphs(options, self._providers, self.cuda_graphs, self._provider_options)
             return self._steps
 
+    def prepare_circular(self) -> None:
+        """Load the circular-padding pair now (the server does at start-up), so that a model directory missing them
+        fails the start, not every tileable job later (INTERNAL while health said SERVING)."""
+        self._sessions(circular=True)
+
     def prepare_steps(self) -> None:
         """Build the step graphs' sessions the placements need (about 0.1 s each), so that no job waits for them."""
         if "device" in self.placements.values():
@@ -216,7 +221,7 @@ class LossGraphs:
         self._targets.run(None, {mf.IMAGE_INPUT: tiny, mf.GUIDE_INPUT: guide}, options)
 
     def _sessions(self, circular: bool) -> tuple[ort.InferenceSession, ort.InferenceSession]:
-        """(targets, loss) sessions; the circular pair is loaded on the first tileable job, not before."""
+        """(targets, loss) sessions; the circular pair is loaded by ``prepare_circular`` or on first use."""
         if not circular:
             return self._targets, self._loss
         with self._circular_lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from nst_server.domain.errors import Overloaded, ShuttingDown
+from nst_server.domain.errors import Overloaded, OverMemory, QueueTimeout, ShuttingDown
 from nst_server.transport.admission import Admission
 
 
@@ -77,5 +77,57 @@ def test_close_refuses_new_jobs_and_idle_waits_for_the_last() -> None:
         assert not idle.done()
         running.release()
         await asyncio.wait_for(idle, timeout=5)
+
+    asyncio.run(scenario())
+
+
+def test_memory_budget_holds_jobs_that_do_not_fit_beside_the_running_ones() -> None:
+    """With slots to spare, a job waits while its estimate does not fit beside the running jobs'; it starts once
+    they release, and jobs behind it keep their order (a small one never overtakes it)."""
+    admission = Admission(max_running=4, max_queued=4, memory_budget=1000)
+    big, second_big, small = admission.reserve(700), admission.reserve(700), admission.reserve(100)
+    assert (big.granted, second_big.granted, small.granted) == (True, False, False)
+    assert admission.reserved_bytes == 700
+    big.release()
+    assert (second_big.granted, small.granted) == (True, True)
+    assert admission.reserved_bytes == 800
+
+
+def test_a_job_over_the_whole_budget_is_refused_at_once_naming_estimate_and_budget() -> None:
+    """Estimate above the budget: OverMemory with both figures, nothing reserved or queued."""
+    admission = Admission(max_running=1, max_queued=8, memory_budget=3 << 30)
+    with pytest.raises(OverMemory, match=r"estimated 6\.00 GiB .*\(inputs 5 GiB\).* the 3\.00 GiB"):
+        admission.reserve(6 << 30, "inputs 5 GiB")
+    assert (admission.running, admission.queued, admission.reserved_bytes) == (0, 0, 0)
+
+
+def test_one_caller_gets_its_share_and_others_still_get_in() -> None:
+    """--max-jobs-per-caller 2: a third job of the same caller is refused naming its share; another caller's job is
+    admitted; a finished job gives its caller's place back."""
+    admission = Admission(max_running=1, max_queued=8, max_per_caller=2)
+    first, _ = admission.reserve(caller="ipv4:10.0.0.1"), admission.reserve(caller="ipv4:10.0.0.1")
+    with pytest.raises(
+        Overloaded, match=r"this caller \(ipv4:10\.0\.0\.1\) already has 2 jobs .*--max-jobs-per-caller 2"
+    ):
+        admission.reserve(caller="ipv4:10.0.0.1")
+    other = admission.reserve(caller="ipv4:10.0.0.2")
+    assert not other.granted
+    assert admission.queued == 2
+    first.release()
+    admission.reserve(caller="ipv4:10.0.0.1")  # its place came back
+
+
+def test_a_job_that_waits_too_long_in_the_queue_ends_with_queue_timeout() -> None:
+    """--max-queue-wait: a queued job whose wait runs out ends QueueTimeout, and its place is given back."""
+
+    async def scenario() -> None:
+        admission = Admission(max_running=1, max_queued=1, max_queue_wait_s=0.01)
+        admission.reserve()
+        queued = admission.reserve()
+        with pytest.raises(QueueTimeout, match=r"waited 0\.01s in the queue without a slot \(--max-queue-wait 0\.01\)"):
+            async for _ in queued.positions():
+                pass
+        queued.release()
+        assert admission.queued == 0
 
     asyncio.run(scenario())
