@@ -4,6 +4,7 @@
 #   docker build --target cpu -t nst:cpu .                 CPU-only image for machines without a GPU
 #   docker build --build-arg WEIGHTS=caffe -t nst .        caffe | imagenet | random (random: tests, not art)
 #   docker run --gpus all -p 50051:50051 nst               stop with `docker stop -t 30` (drain + grace below)
+#   docker run --gpus all -p 8080:8080 nst                 the page at http://localhost:8080/, and Connect/gRPC-Web
 #   docker run --gpus all -p 50051:50051 -p 8000:8000 nst --device cuda --drain 2 --grace 25 --metrics-port 8000
 #                                                          the same, with Prometheus metrics at :8000/metrics
 #   docker run --gpus all -p 50051:50051 -e NST_TOKEN nst  every call but health needs this bearer token
@@ -74,12 +75,13 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin nst
 COPY --from=export /dist /dist
 COPY --from=export /models /models
-EXPOSE 50051
+# 50051: gRPC. 8080: the same service over Connect (JSON, binary) and gRPC-Web, and the page at /.
+EXPOSE 50051 8080
 # The gRPC health service, asked by the bundled client: exit 0 only while SERVING.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["nst", "health", "--server", "127.0.0.1:50051", "--timeout", "3"]
 # Exec form: nst-server is PID 1 and gets SIGTERM from `docker stop` (NOT_SERVING, drain, grace, exit 0).
-ENTRYPOINT ["nst-server", "--model", "/models/vgg19", "--host", "0.0.0.0", "--port", "50051", "--metrics-host", "0.0.0.0"]
+ENTRYPOINT ["nst-server", "--model", "/models/vgg19", "--host", "0.0.0.0", "--port", "50051", "--http-port", "8080", "--metrics-host", "0.0.0.0"]
 CMD ["--drain", "2", "--grace", "25"]
 
 # ---- CPU-only image ----
@@ -95,15 +97,16 @@ USER 10001
 
 # ---- GPU image (default) ----
 FROM runtime AS gpu
-# tests/export/test_onnxruntime_floor.py loads the exported graphs with this version.
-ARG ONNXRUNTIME_GPU_VERSION=1.31.1
+# The onnxruntime-gpu release is written in one place, deploy/docker/onnxruntime-gpu.version (mounted below), which
+# `bash bench/gpu.sh --wheelhouse DIR` installs too; tests/export/test_onnxruntime_floor.py loads the exported graphs
+# with it and checks that pyproject.toml's gpu extra allows it.
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 RUN --mount=type=secret,id=ca --mount=type=tmpfs,target=/run/pip \
     --mount=type=bind,source=deploy/docker,target=/run/pip-inputs --mount=type=bind,source=wheels,target=/run/wheels \
     . /run/pip-inputs/pip-inputs.sh \
-    && pip install "$(ls /dist/*.whl)[gpu]" "onnxruntime-gpu[cuda,cudnn]==${ONNXRUNTIME_GPU_VERSION}" && rm -rf /dist
+    && pip install "$(ls /dist/*.whl)[gpu]" "onnxruntime-gpu[cuda,cudnn]==$(cat /run/pip-inputs/onnxruntime-gpu.version)" && rm -rf /dist
 USER 10001
 # Fail at start-up rather than run slowly on the CPU when the container was started without a GPU.
 CMD ["--device", "cuda", "--drain", "2", "--grace", "25"]

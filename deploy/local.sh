@@ -4,7 +4,10 @@
 #
 #   bash deploy/local.sh [--weights imagenet|caffe|random|ranvgg|PATH] [--out FILE] [CONTENT STYLE [STYLE ...]]
 #                        [-- extra `nst stylize` flags, e.g. --size 384 --max-evaluations 150]
+#   bash deploy/local.sh --page [--open] [--weights ...]
 #
+# The server also serves the page to paint with (--http-port) and the script prints its address. With --page it
+# runs no job itself: it keeps the server up for the browser until Ctrl-C; --open also opens the page in one.
 # Defaults: ImageNet weights (downloaded once, hash-checked), out/styled-WEIGHTS.png (named for the weights that
 # made it), and the sample photo and painting in deploy/samples/. Where the ImageNet weights cannot be downloaded
 # and --weights was not given, it says so loudly and continues with --weights ranvgg (random weights rescaled to
@@ -18,12 +21,16 @@ weights_given=false
 out=""
 images=()
 stylize_flags=()
+page=false
+open_page=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --weights) weights="$2"; weights_given=true; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --) shift; stylize_flags=("$@"); break ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --page) page=true; shift ;;
+        --open) page=true; open_page=true; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) images+=("$1"); shift ;;
     esac
 done
@@ -73,10 +80,20 @@ fi
 
 log="$(mktemp)"
 echo "== starting nst-server (log: $log)"
-nst-server --model "$model_dir" --port 0 2>"$log" &
+nst-server --model "$model_dir" --port 0 --http-port "${NST_HTTP_PORT:-0}" 2>"$log" &
 server_pid=$!
 trap 'kill -TERM "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true' EXIT
 address="$(bash deploy/server-address.sh "$log" "$server_pid")"
+page_url="$(sed -n 's/.*the page on \(http[^ ]*\).*/\1/p' "$log" | head -n 1)"
+echo "== the page to paint with: $page_url"
+if [[ $page == true ]]; then
+    if [[ $open_page == true ]]; then
+        python -m webbrowser "$page_url" >/dev/null 2>&1 || echo "(no browser to open here: visit the address above)"
+    fi
+    echo "== serving gRPC on $address and the page on $page_url until Ctrl-C"
+    wait "$server_pid"
+    exit 0
+fi
 
 echo "== stylizing ${images[0]} in the style of ${images[*]:1} via $address"
 mkdir -p "$(dirname "$out")"

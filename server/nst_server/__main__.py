@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import get_args
 
 from .app import load_models, serve
-from .config import MAX_SIDE_TILED_PX, MAX_SIDE_WHOLE_PX, MIN_TILE_PX, Limits, Placement, ServerConfig
+from .config import (
+    MAX_SIDE_TILED_PX,
+    MAX_SIDE_WHOLE_PX,
+    MIN_TILE_PX,
+    ConvSearch,
+    CudaSettings,
+    Limits,
+    Placement,
+    ServerConfig,
+)
 from .domain.memory import DEFAULT_MEMORY_FRACTION, parse_size
 from .runtime.graphs import AUTO_PLACEMENT
 from .runtime.sessions import DeviceUnavailableError
@@ -66,7 +75,10 @@ def _flag(limit: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """nst-server's flags, one group each; every default is ServerConfig's."""
     defaults = ServerConfig(model_dirs=())
-    parser = argparse.ArgumentParser(prog="nst-server", description="Serve Gatys style transfer over gRPC.")
+    parser = argparse.ArgumentParser(
+        prog="nst-server",
+        description="Serve Gatys style transfer over gRPC (and, with --http-port, Connect, gRPC-Web and a page).",
+    )
     _add_serving_flags(parser.add_argument_group("serving"), defaults)
     _add_runtime_flags(parser.add_argument_group("runtime (onnxruntime)"), defaults)
     _add_limit_flags(parser.add_argument_group("limits (per server unless said)"), defaults)
@@ -86,6 +98,23 @@ def _add_serving_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
     )
     group.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}; 0.0.0.0 for all)")
     group.add_argument("--port", type=int, default=d.port, help=f"default {d.port}; 0 picks a free port")
+    group.add_argument(
+        "--http-port",
+        type=int,
+        default=d.http_port,
+        metavar="PORT",
+        help="also serve the Connect protocol (JSON and binary) and gRPC-Web, and the page to paint with at "
+        "http://HOST:PORT/, on this port (default: not served; 0 picks a free port); same jobs, limits and token",
+    )
+    group.add_argument(
+        "--http-allow-origin",
+        dest="http_allowed_origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (scheme://host[:port], or * for any) call the HTTP port (CORS); repeat for "
+        "several (default: none, only the page the server itself serves)",
+    )
     group.add_argument(
         "--metrics-port",
         type=int,
@@ -123,7 +152,21 @@ def _add_runtime_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
         "--cuda-graphs",
         action="store_true",
         help="CUDA only: replay the device-placed Adam step as captured CUDA graphs (one per scale); the loss graph "
-        "and L-BFGS's steps are not captured (host copies; scalars read each run)",
+        "(not written yet) and L-BFGS's steps (scalars read each run) are not captured",
+    )
+    group.add_argument(
+        "--cuda-tf32",
+        choices=("on", "off"),
+        default="on" if d.cuda.tf32 else "off",
+        help="CUDA only: let convolutions and matrix products use TF32 (faster; about 1e-3 relative error, above "
+        "the parity check's float32 tolerances); default %(default)s, chosen by reasoning until measured",
+    )
+    group.add_argument(
+        "--cuda-conv-search",
+        choices=get_args(ConvSearch),
+        default=d.cuda.conv_search,
+        help="CUDA only: how cuDNN picks each convolution's algorithm for every new image shape (each scale of a "
+        "job is one): exhaustive times them all on the first evaluation, heuristic asks cuDNN (default %(default)s)",
     )
     group.add_argument(
         "--tile-size",
@@ -150,7 +193,7 @@ def _add_limit_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
         metavar="SIZE",
         help="memory for the server, e.g. 6G or 512M: a job starts only when its estimated peak fits beside the "
         "running jobs' (less what the server holds itself), and one that could never fit is refused at once "
-        f"(default {DEFAULT_MEMORY_FRACTION:.0%} of the cgroup's memory limit, else of physical memory)",
+        f"(default {DEFAULT_MEMORY_FRACTION * 100:.0f}%% of the cgroup's memory limit, else of physical memory)",
     )
     group.add_argument(
         "--max-response-bytes",
@@ -202,6 +245,10 @@ def _usage_problem(config: ServerConfig) -> str | None:
         )
     if config.cuda_graphs and config.device == "cpu":
         return "--cuda-graphs needs CUDA: it captures GPU work as CUDA graphs, and --device cpu has none"
+    if config.http_port is not None and not 0 <= config.http_port <= 65535:
+        return f"--http-port {config.http_port}: a TCP port is 0 (a free one) to 65535"
+    if config.http_allowed_origins and config.http_port is None:
+        return "--http-allow-origin is for the HTTP port: give --http-port too"
     if (config.tls_cert is None) != (config.tls_key is None):
         return "--tls-cert and --tls-key go together: give both (TLS) or neither (plaintext)"
     return None
@@ -219,7 +266,17 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
     if settings["max_side_px"] is None:
         settings["max_side_px"] = MAX_SIDE_TILED_PX if args.tile_px else MAX_SIDE_WHOLE_PX
     limits = Limits(**{limit.name: settings.pop(limit.name) for limit in dataclasses.fields(Limits)})
-    return ServerConfig(**{**settings, "model_dirs": tuple(args.model_dirs), "limits": limits, "token": token})
+    cuda = CudaSettings(tf32=settings.pop("cuda_tf32") == "on", conv_search=settings.pop("cuda_conv_search"))
+    return ServerConfig(
+        **{
+            **settings,
+            "model_dirs": tuple(args.model_dirs),
+            "http_allowed_origins": tuple(args.http_allowed_origins),
+            "limits": limits,
+            "cuda": cuda,
+            "token": token,
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from .domain.model import LossModel
 from .runtime.graphs import LossGraphs
 from .transport import auth, codec
 from .transport.admission import Admission
+from .transport.connect import HttpServer
 from .transport.metrics import Metrics
 from .transport.servicer import StyleTransferServicer, add_to_server
 
@@ -40,6 +41,7 @@ def load_models(config: ServerConfig) -> list[LossGraphs]:
             tile_px=config.tile_px,
             placement=config.optimizer_placement,
             cuda_graphs=config.cuda_graphs,
+            cuda=config.cuda,
         )
         for directory in config.model_dirs
     ]
@@ -50,13 +52,15 @@ def load_models(config: ServerConfig) -> list[LossGraphs]:
 
 
 class Server:
-    """One assembled server: gRPC (style service, health, reflection) and metrics, bound but not yet started."""
+    """One assembled server: gRPC (style service, health, reflection), metrics and the optional HTTP port (Connect,
+    gRPC-Web, the page), bound but not yet started."""
 
     def __init__(self, config: ServerConfig, models: Sequence[LossModel]) -> None:
         self.config = config
         self.models = models
+        receive_limit = config.limits.max_message_bytes + _MESSAGE_OVERHEAD_BYTES
         options: list[tuple[str, int]] = [
-            ("grpc.max_receive_message_length", config.limits.max_message_bytes + _MESSAGE_OVERHEAD_BYTES),
+            ("grpc.max_receive_message_length", receive_limit),
             # Apart from the request's: every job's result is checked against it before the job starts.
             ("grpc.max_send_message_length", codec.send_limit(config)),
         ]
@@ -91,6 +95,9 @@ class Server:
         self.port = _listen(self.grpc, config)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
+        # The same servicer behind the HTTP port: one queue, one set of limits and metrics, one drain.
+        self.http = HttpServer(config, self.servicer, receive_limit) if config.http_port is not None else None
+        self.http_port = self.http.port if self.http is not None else None
 
     async def start(self) -> None:
         """Publish metrics (if configured), start the listener and answer SERVING."""
@@ -100,6 +107,10 @@ class Server:
                 "metrics on %s:%d", config.metrics_host, self.metrics.serve(config.metrics_host, config.metrics_port)
             )
         await self.grpc.start()
+        if self.http is not None:
+            await self.http.start()
+            scheme = "https" if config.tls_cert is not None else "http"
+            log.info("Connect, gRPC-Web and the page on %s://%s:%d/", scheme, config.host, self.http_port)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("access: %s", _access_summary(config))
@@ -135,6 +146,8 @@ class Server:
             except TimeoutError:  # an evaluation longer than the grace period: stop serving anyway, still exit 0
                 log.warning("%d jobs did not stop within a further %.1fs; exiting", admission.running, config.grace_s)
         await self.grpc.stop(grace=1.0)
+        if self.http is not None:
+            await self.http.stop()
         self.metrics.close()
         log.info("stopped")
 

@@ -11,6 +11,26 @@ Device = Literal["auto", "cpu", "cuda"]
 # evaluation), "device" (step graphs on the loss graph's provider, only scalars crossing), "auto" (per provider,
 # whichever measured faster: graphs.AUTO_PLACEMENT).
 Placement = Literal["auto", "host", "device"]
+# How cuDNN picks each convolution's algorithm, per new input shape (onnxruntime's cudnn_conv_algo_search): exhaustive
+# times every algorithm (onnxruntime's default), heuristic asks cuDNN's heuristics, default takes the fixed default.
+ConvSearch = Literal["exhaustive", "heuristic", "default"]
+
+
+@dataclass(frozen=True, slots=True)
+class CudaSettings:
+    """How onnxruntime's CUDA provider computes, for the loss, tile and step sessions; no effect on the CPU.
+
+    TF32 is off by default, unlike onnxruntime's provider (use_tf32=1): TF32 convolutions and matrix products keep
+    10 bits of mantissa, errors of about 1e-4 to 1e-3, above the float32 tolerances the parity check with PyTorch
+    holds (gradient 5e-5, losses 2e-5), and L-BFGS's line search compares losses and gradients that would then no
+    longer agree to float32 precision. Chosen by that reasoning, not measured: no GPU has been lent yet;
+    `bash bench/gpu.sh` measures the parity error, the time per evaluation and the loss L-BFGS reaches with both.
+    """
+
+    tf32: bool = False
+    # onnxruntime's default. Each new shape is searched again, and every scale of a job is a new shape: the cost is
+    # the first (cold) evaluation per shape, which bench/gpu.sh records beside the warm ones for both searches.
+    conv_search: ConvSearch = "exhaustive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +70,7 @@ class ServerConfig:
     # Capture the device-placed Adam step as CUDA graphs (onnxruntime's enable_cuda_graph), one per scale and buffer
     # parity, in a session of the job's own; CUDA only. See graphs.LossGraphs for what is and is not captured.
     cuda_graphs: bool = False
+    cuda: CudaSettings = field(default_factory=CudaSettings)
     limits: Limits = field(default_factory=Limits)
     # Jobs start only while their estimated peaks (memory.peak_bytes) fit, together, in this less what the server
     # holds once its models are loaded; None = memory.default_max_memory (a share of the cgroup limit or of RAM).
@@ -65,6 +86,11 @@ class ServerConfig:
     drain_s: float = 5.0  # after SIGTERM, health answers NOT_SERVING this long before the listener closes
     grace_s: float = 30.0  # then running jobs get this long to finish before they are cancelled
     max_connection_age_s: float = 0.0  # then GOAWAY, so clients re-resolve DNS and find new replicas; 0 = never
+    # Connect (JSON and binary), gRPC-Web and the page at / on this port (transport.connect); None = not served,
+    # 0 = a free port.
+    http_port: int | None = None
+    # Origins whose pages may call the HTTP port from a browser (CORS); empty = same-origin only (the page at /).
+    http_allowed_origins: tuple[str, ...] = ()
     # A stream whose one message has not been taken by its reader for this long is ended and its job cancelled: a
     # client that stopped reading would otherwise hold a slot, its memory and its buffered events for ever. Long
     # enough for a 50 MB result over a slow link.

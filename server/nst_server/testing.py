@@ -40,6 +40,7 @@ T = TypeVar("T")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 _LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
 _METRICS = re.compile(r"metrics on ([\d.]+:\d+)")
+_HTTP = re.compile(r"the page on (https?://[\d.]+:\d+)/")
 _FINISHED = "nst_jobs_finished_total"
 
 
@@ -77,6 +78,7 @@ class _Harness:
     """What both kinds of server offer a test: address, log, health, metrics, outcomes."""
 
     address: str
+    http_url: str = ""  # http://HOST:PORT of the HTTP port (Connect, gRPC-Web, the page) when --http-port is given
 
     def log_lines(self) -> list[str]:
         raise NotImplementedError
@@ -147,6 +149,8 @@ class ServerProcess(_Harness):
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line.rstrip("\n"))
+            if match := _HTTP.search(line):
+                self.http_url = match.group(1)
             if match := _LISTENING.search(line):
                 self.address = f"{match.group(1)}:{match.group(2)}"
                 self._ready.set()
@@ -270,6 +274,9 @@ class InProcessServer(_Harness):
         self.server = create_server(self.config, self._models)
         await self.server.start()
         self.address = f"{self.config.host}:{self.server.port}"
+        if self.server.http_port is not None:
+            scheme = "https" if self.config.tls_cert is not None else "http"
+            self.http_url = f"{scheme}://{self.config.host}:{self.server.http_port}"
         self._started.set()
         await self._stop.wait()
         await self.server.shutdown()

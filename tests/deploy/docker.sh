@@ -222,8 +222,8 @@ nst="$venv/bin/nst"
 py="$venv/bin/python"
 
 started_id=""
-run_server() { # run_server IMAGE [server flags...] -> $started_id; the gRPC port on a free loopback port
-    started_id="$(docker run --detach --publish 127.0.0.1::50051 "$@")"
+run_server() { # run_server IMAGE [server flags...] -> $started_id; gRPC and HTTP ports on free loopback ports
+    started_id="$(docker run --detach --publish 127.0.0.1::50051 --publish 127.0.0.1::8080 "$@")"
     containers+=("$started_id")
 }
 host_port() { docker port "$1" 50051/tcp | head -n 1 | sed 's/.*://'; }
@@ -264,6 +264,19 @@ from PIL import Image; import sys
 size = Image.open(sys.argv[1]).size
 assert max(size) == 64 and size[0] > size[1], size
 print('styled.png', size)" "$work/styled.png"
+
+step "cpu image: the page and Connect's JSON on the HTTP port (8080)"
+http_url="http://127.0.0.1:$(docker port "$cpu" 8080/tcp | head -n 1 | sed 's/.*://')"
+"$py" - "$http_url" <<'EOF'
+import json, sys, urllib.request
+url = sys.argv[1]
+page = urllib.request.urlopen(url + "/", timeout=30).read().decode()
+assert 'src="nst.js"' in page, page[:200]
+call = urllib.request.Request(url + "/nst.v1.StyleTransferService/DescribeModel", data=b"{}",
+                              headers={"Content-Type": "application/json"})
+models = json.load(urllib.request.urlopen(call, timeout=30))["models"]
+print("the page and DescribeModel over Connect JSON:", [model["name"] for model in models])
+EOF
 
 step "cpu image: non-root"
 uid="$(docker exec "$cpu" id -u)"

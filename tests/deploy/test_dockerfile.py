@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -59,11 +60,12 @@ def test_build_context_keeps_what_the_build_copies() -> None:
 
 @pytest.mark.parametrize("target", ["cpu", "gpu"])
 def test_image_command_parses(target: str) -> None:
-    """Each runtime target runs nst-server as a non-root user with flags nst-server accepts, on the exposed port."""
+    """Each runtime target runs nst-server as a non-root user with flags nst-server accepts, on the exposed ports
+    (gRPC, then HTTP: Connect, gRPC-Web and the page)."""
     stage = stages()[target]
     assert stage.entrypoint[0] == "nst-server"
     config = build_parser().parse_args(list(stage.command[1:]))
-    assert (config.host, [str(config.port)]) == ("0.0.0.0", list(stage.expose))
+    assert (config.host, [str(config.port), str(config.http_port)]) == ("0.0.0.0", list(stage.expose))
     assert [str(path) for path in config.model_dirs] == [IMAGE_MODEL_DIR]
     assert f"--out {IMAGE_MODEL_DIR}" in DOCKERFILE.read_text()  # where the export stage writes the model
     assert stage.user not in ("", "0", "root")
@@ -81,6 +83,7 @@ def test_image_command_serves_is_healthy_and_stops_on_sigterm(model_dir: Path) -
     command = [str(BIN / stage.command[0]), *stage.command[1:]]
     command[command.index(IMAGE_MODEL_DIR)] = str(model_dir)
     command[command.index("--port") + 1] = "0"  # a free port; the real one is read from the log
+    command[command.index("--http-port") + 1] = "0"
     # cwd "/": the runtime stage sets no WORKDIR, so the command must not lean on the checkout.
     server = ServerProcess(
         subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd="/")
@@ -95,6 +98,8 @@ def test_image_command_serves_is_healthy_and_stops_on_sigterm(model_dir: Path) -
         healthy = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
         assert (healthy.returncode, healthy.stdout.strip()) == (0, "SERVING"), healthy.stderr
         assert "metrics on" not in server.log()  # metrics are off unless asked for
+        with urllib.request.urlopen(server.http_url + "/", timeout=30) as page:  # the page, on the HTTP port
+            assert b'src="nst.js"' in page.read()
 
         server.process.send_signal(signal.SIGTERM)  # what `docker stop` sends to PID 1
         server.wait_logged("shutting down")

@@ -66,6 +66,7 @@ def test_deployment_agrees_with_the_server_flags() -> None:
     config = build_parser().parse_args([*image.entrypoint[1:], *container["args"]])
     ports = _ports(container)
     assert (config.device, ports["grpc"], ports["metrics"]) == ("cuda", config.port, config.metrics_port)
+    assert ports["http"] == config.http_port
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["grpc"]["port"] == config.port, probe
     # Readiness asks for the service that goes NOT_SERVING on SIGTERM, so a draining pod leaves the endpoints.
@@ -80,9 +81,16 @@ def test_deployment_agrees_with_the_server_flags() -> None:
 
 
 def test_service_is_headless_on_the_grpc_port() -> None:
-    """The Service is headless, selects the Deployment's pods and publishes their gRPC port as HTTP/2."""
+    """The Service is headless, selects the Deployment's pods and publishes their gRPC port as HTTP/2 and their
+    HTTP port (Connect, gRPC-Web, the page) as HTTP."""
     service, deployment = _load("service.yaml"), _load("deployment.yaml")
-    (port,) = service["spec"]["ports"]
+    port, http = service["spec"]["ports"]
+    assert (http["name"], http["port"], http["targetPort"], http["appProtocol"]) == (
+        "http",
+        _ports(_container())["http"],
+        "http",
+        "http",
+    )
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert (port["port"], port["targetPort"], port["appProtocol"]) == (

@@ -81,7 +81,7 @@ def test_scrape_during_a_job(stub: pb_grpc.StyleTransferServiceStub, scrape: Cal
     assert _value(during, "nst_iteration_seconds_count") > _value(before, "nst_iteration_seconds_count")
     assert _value(during, "nst_evaluations_total") > _value(before, "nst_evaluations_total")
 
-    cancelled = {"outcome": "cancelled", "code": "CANCELLED"}
+    cancelled = {"outcome": "cancelled", "code": "CANCELLED", "protocol": "grpc"}
     # The slot (and its memory) comes back when the job's worker has stopped, within an evaluation of the cancel.
     after = _eventually(
         scrape,
@@ -101,7 +101,7 @@ def test_finished_job_counts_as_ok(
     stub: pb_grpc.StyleTransferServiceStub, scrape: Callable[[], Samples], model_dir: Path
 ) -> None:
     """A job that reaches its result counts once as ok, with its seconds and its evaluations recorded."""
-    ok = {"outcome": "ok", "code": "OK"}
+    ok = {"outcome": "ok", "code": "OK", "protocol": "grpc"}
     # Evaluations count as computed: an earlier test's cancelled job may still be finishing one.
     before = _eventually(scrape, lambda s: _value(s, "nst_jobs_held") == 0)
     events = [response.WhichOneof("event") for response in stub.Stylize(_request(max_evaluations=3), timeout=120)]
@@ -120,7 +120,7 @@ def test_rejected_request_counts_under_its_status_code(
     stub: pb_grpc.StyleTransferServiceStub, scrape: Callable[[], Samples]
 ) -> None:
     """A request refused as invalid counts with code INVALID_ARGUMENT."""
-    invalid = {"outcome": "InvalidRequest", "code": "INVALID_ARGUMENT"}
+    invalid = {"outcome": "InvalidRequest", "code": "INVALID_ARGUMENT", "protocol": "grpc"}
     before = _value(scrape(), "nst_jobs_finished_total", **invalid)
     with pytest.raises(grpc.RpcError) as error:
         list(stub.Stylize(_request(content=b"not an image"), timeout=60))

@@ -55,9 +55,15 @@ class StepGraphs:
     """
 
     def __init__(
-        self, options: Callable[[], ort.SessionOptions], providers: list[str], cuda_graphs: bool = False
+        self,
+        options: Callable[[], ort.SessionOptions],
+        providers: list[str],
+        cuda_graphs: bool = False,
+        provider_options: list[dict[str, str]] | None = None,
     ) -> None:
+        """``provider_options``: one dict per provider, as InferenceSession takes them (sessions.provider_options)."""
         self._options, self._providers = options, providers
+        self._provider_options = provider_options or [{} for _ in providers]
         self.cuda_graphs = cuda_graphs and providers[0] == CUDA_PROVIDER
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
@@ -66,7 +72,9 @@ class StepGraphs:
         with self._lock:
             if key not in self._sessions:
                 model = build().SerializeToString()
-                self._sessions[key] = ort.InferenceSession(model, self._session_options(), providers=self._providers)
+                self._sessions[key] = ort.InferenceSession(
+                    model, self._session_options(), providers=self._providers, provider_options=self._provider_options
+                )
             return self._sessions[key]
 
     @property
@@ -87,7 +95,8 @@ class StepGraphs:
     def captured_adam(self) -> ort.InferenceSession:
         """An Adam step session of one job's own, with CUDA graph capture on: a captured session must not run
         for two jobs at once, and each graph replays the buffers it was captured with."""
-        providers: list[str | tuple[str, dict[str, str]]] = [(CUDA_PROVIDER, {"enable_cuda_graph": "1"})]
+        cuda_options = {**self._provider_options[self._providers.index(CUDA_PROVIDER)], "enable_cuda_graph": "1"}
+        providers: list[str | tuple[str, dict[str, str]]] = [(CUDA_PROVIDER, cuda_options)]
         model = step_graphs.adam_step().SerializeToString()
         return ort.InferenceSession(model, self._session_options(), providers=providers)
 

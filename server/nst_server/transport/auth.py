@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "NST_TOKEN"
 OPEN_SERVICES = frozenset({health.SERVICE_NAME})  # probes must work without the token
-MISSING = "missing bearer token: send the metadata 'authorization: Bearer <token>' (nst: --token-file or $NST_TOKEN)"
+MISSING = (
+    "missing bearer token: send the metadata (over HTTP, the header) 'authorization: Bearer <token>' "
+    "(nst: --token-file or $NST_TOKEN)"
+)
 WRONG = "wrong bearer token"
 
 
@@ -74,12 +77,28 @@ def tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(private_key, chain)])
 
 
-def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
-    """The credentials of the call's ``authorization: Bearer ...`` metadata (scheme case-insensitive), or None."""
+def _bearer(authorization: str | None) -> str | None:
+    """The credentials of an ``authorization: Bearer ...`` value (scheme case-insensitive), or None."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+
+
+def refusal(token: str, authorization: str | None) -> str | None:
+    """Why a call whose ``authorization`` header or metadata is this (None: absent) is refused; None if it may pass.
+
+    The one check of every protocol: gRPC's interceptor here, Connect's and gRPC-Web's in transport.connect.
+    """
+    given = _bearer(authorization)
+    if given is None:
+        return MISSING
+    return None if hmac.compare_digest(given.encode(), token.encode()) else WRONG
+
+
+def _authorization(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    """The call's ``authorization`` metadata, or None."""
     for name, value in metadata or ():
         if name == "authorization" and isinstance(value, str):
-            scheme, _, credentials = value.partition(" ")
-            return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+            return value
     return None
 
 
@@ -103,13 +122,21 @@ class Throttle:
         return suppressed
 
 
+def log_refusal(throttle: Throttle, method: str, client: str | None, message: str) -> None:
+    """One WARNING for a refused call, unless ``throttle`` says a line went out too recently; every protocol's."""
+    suppressed = throttle.allow()
+    if suppressed is not None:
+        more = f" ({suppressed} more refused since the last such line)" if suppressed else ""
+        log.warning("refused %s from %s: %s%s", method, client, message.split(":")[0], more)
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses every call without the right bearer token with UNAUTHENTICATED, except to ``open_services``; logs
     the refusals at most once per REFUSAL_LOG_INTERVAL_S, with a count of those it did not log."""
 
     def __init__(self, token: str, open_services: frozenset[str] = OPEN_SERVICES, throttle: Throttle | None = None,
                  ) -> None:  # fmt: skip
-        self._token = token.encode()
+        self._token = token
         self._open = open_services
         self._throttle = throttle or Throttle()
 
@@ -122,10 +149,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or method.split("/")[1] in self._open:
             return handler  # unknown methods stay UNIMPLEMENTED
-        given = _bearer(handler_call_details.invocation_metadata)
-        if given is not None and hmac.compare_digest(given.encode(), self._token):
-            return handler
-        return _refusal(handler, method, MISSING if given is None else WRONG, self._throttle)
+        message = refusal(self._token, _authorization(handler_call_details.invocation_metadata))
+        return handler if message is None else _refusal(handler, method, message, self._throttle)
 
 
 def _refusal(
@@ -134,10 +159,7 @@ def _refusal(
     """A handler of the same shape as ``handler`` that only aborts; the request is left undeserialised."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        suppressed = throttle.allow()
-        if suppressed is not None:
-            more = f" ({suppressed} more refused since the last such line)" if suppressed else ""
-            log.warning("refused %s from %s: %s%s", method, context.peer(), message.split(":")[0], more)
+        log_refusal(throttle, method, context.peer(), message)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     factories: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {

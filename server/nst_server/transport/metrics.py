@@ -72,8 +72,9 @@ class _StateCollector(Collector):
 class JobRecorder:
     """One job's view of the metrics: turns its events into iteration times and evaluation counts."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, protocol: str) -> None:
         self._metrics = metrics
+        self._protocol = protocol
         # Progress events carry running totals; the metrics want what changed since the previous one.
         self._elapsed_s = 0.0
         self._evaluations = 0
@@ -87,7 +88,7 @@ class JobRecorder:
 
     def finished(self, outcome: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count the job's ending and time it from request to last response."""
-        self._metrics.finished.labels(outcome=outcome, code=code.name).inc()
+        self._metrics.finished.labels(outcome=outcome, code=code.name, protocol=self._protocol).inc()
         self._metrics.job_seconds.labels(outcome=outcome).observe(seconds)
 
 
@@ -133,8 +134,9 @@ class Metrics:
         self.registry.register(_StateCollector(admission, models))
         self.finished = Counter(
             "nst_jobs_finished",
-            "Stylize calls ended, by outcome (ok, cancelled or the error's name) and gRPC status code.",
-            ["outcome", "code"],
+            "Stylize calls ended, by outcome (ok, cancelled or the error's name), gRPC status code (Connect's is its "
+            "fixed translation) and protocol (grpc, connect or grpc-web).",
+            ["outcome", "code", "protocol"],
             registry=self.registry,
         )
         self.job_seconds = Histogram(
@@ -157,9 +159,9 @@ class Metrics:
         )
         self._http: WSGIServer | None = None
 
-    def job(self) -> JobRecorder:
-        """A recorder for one new job."""
-        return JobRecorder(self)
+    def job(self, protocol: str) -> JobRecorder:
+        """A recorder for one new job, called over ``protocol`` (grpc, connect or grpc-web)."""
+        return JobRecorder(self, protocol)
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on ``host:port`` (0 picks a free port) from a daemon thread; returns the port."""

@@ -1,14 +1,19 @@
-"""The gRPC layer: protobuf in, codec and pipeline, protobuf out; every failure becomes a status (one table)."""
+"""The gRPC layer: protobuf in, codec and pipeline, protobuf out; every failure becomes a status (one table).
+
+``stylize`` and ``describe`` are the calls themselves, whatever the protocol: transport.connect serves them over
+Connect and gRPC-Web with the same admission, limits, metrics and drain.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -201,15 +206,38 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
     ) -> pb.DescribeModelResponse:
         if isinstance(request, Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.refusal()))
-        return codec.describe(self._models, self._config)
+        return self.describe()
 
     async def Stylize(  # noqa: N802
         self, request: pb.StylizeRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.StylizeResponse]:
+        try:
+            # aclosing: a caller who leaves closes this generator at its yield, and the job's own generator must
+            # be closed then too (not whenever the garbage collector finds it), so that the job stops at once.
+            async with contextlib.aclosing(self.stylize(request, "grpc", caller_of(context.peer()))) as responses:
+                async for response in responses:
+                    yield response
+        except JobError as error:
+            await context.abort(status_of(error), str(error))
+
+    def describe(self) -> pb.DescribeModelResponse:
+        """DescribeModel's answer, for every protocol."""
+        return codec.describe(self._models, self._config)
+
+    async def stylize(
+        self, request: pb.StylizeRequest | Malformed, protocol: str, caller: str
+    ) -> AsyncGenerator[pb.StylizeResponse]:
+        """One Stylize call whatever the protocol (gRPC here, Connect and gRPC-Web in transport.connect): admission
+        (``caller``'s share, ``caller_of``), the job, its events as responses, its log line and metrics (labelled
+        with ``protocol``).
+
+        Raises:
+            JobError: the job ended without a Result; ``status_of`` gives the status the caller gets.
+        """
         job_id = uuid.uuid4().hex[:12]
         received = time.perf_counter()
         outcome, code, job, last = "error", grpc.StatusCode.UNKNOWN, None, None
-        recorder = self._metrics.job()
+        recorder = self._metrics.job(protocol)
         watch = _WriteWatch(self._config.stall_s, job_id)
         try:
             if isinstance(request, Malformed):
@@ -218,7 +246,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
             # The cheap checks and the memory estimate, from the headers: nothing is decoded before admission.
             planned = await loop.run_in_executor(None, _guarded, job_id, codec.plan_request, request, self._models,
                                                  self._config)  # fmt: skip
-            reservation = self._admission.reserve(planned.peak_bytes, _breakdown(planned), caller_of(context))
+            reservation = self._admission.reserve(planned.peak_bytes, _breakdown(planned), caller)
             try:
                 async for position in reservation.positions():
                     watch.writing()
@@ -242,7 +270,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
                 reservation.release()  # at once, or when the decode or run it holds has ended
         except JobError as error:
             outcome, code = type(error).__name__, status_of(error)
-            await context.abort(code, str(error))
+            raise
         except (asyncio.CancelledError, GeneratorExit):
             # A caller who leaves cancels the RPC's task: inside our own await that raises CancelledError here;
             # inside grpc's write of a yielded message the task ends and this generator is closed (GeneratorExit).
@@ -254,7 +282,7 @@ class StyleTransferServicer(pb_grpc.StyleTransferServiceServicer):
         finally:
             watch.written()
             seconds = time.perf_counter() - received
-            _log_job(job_id, job, last, outcome, seconds)
+            _log_job(job_id, job, last, outcome, seconds, protocol)
             recorder.finished(outcome, code, seconds)
 
     async def _run(
@@ -320,13 +348,18 @@ def _guarded(job_id: str, read: Callable[..., T], *args: Any) -> T:
         ) from error
 
 
-def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Who a call is from, for per-caller limits: the peer's address without its port ("ipv4:10.0.0.7")."""
-    peer = context.peer() or "unknown"
+def caller_of(peer: str | None) -> str:
+    """Who a call is from, for per-caller limits: the peer's address without its port, as gRPC spells a peer
+    ("ipv4:10.0.0.7:53422" -> "ipv4:10.0.0.7"). An HTTP server's "host:port" is spelt the same way, so that a
+    client counts as one caller on both ports."""
+    peer = peer or "unknown"
     kind, _, address = peer.partition(":")
     if kind in ("ipv4", "ipv6"):
-        address = address.rsplit(":", 1)[0]
-    return f"{kind}:{address}"
+        return f"{kind}:{address.rsplit(':', 1)[0]}"
+    if kind in ("unix", "unknown") or not address:
+        return peer
+    host = peer.rsplit(":", 1)[0]  # an HTTP client address: "10.0.0.7:53422" or "::1:40000"
+    return f"ipv6:[{host}]" if ":" in host else f"ipv4:{host}"
 
 
 def _breakdown(planned: codec.PlannedJob) -> str:
@@ -356,9 +389,11 @@ def _run_job(
             log.exception("releasing memory after job %s failed", job.job_id)
 
 
-def _log_job(job_id: str, job: Job | None, last: Progress | Result | None, outcome: str, seconds: float) -> None:
+def _log_job(
+    job_id: str, job: Job | None, last: Progress | Result | None, outcome: str, seconds: float, protocol: str
+) -> None:
     """One logfmt line per job, whatever its ending."""
-    fields: dict[str, object] = {"id": job_id, "outcome": outcome, "seconds": f"{seconds:.3f}"}
+    fields: dict[str, object] = {"id": job_id, "outcome": outcome, "seconds": f"{seconds:.3f}", "protocol": protocol}
     if job is not None:
         fields |= {"model": job.model, "size": f"{job.size[0]}x{job.size[1]}"}
     if last is not None:

@@ -62,13 +62,15 @@ def test_get_waits_for_the_next_item() -> None:
 
 @pytest.mark.parametrize(
     ("peer", "caller"),
-    [("ipv4:10.0.0.7:53422", "ipv4:10.0.0.7"), ("ipv6:[::1]:40000", "ipv6:[::1]"), ("unix:/tmp/s", "unix:/tmp/s")],
+    [
+        ("ipv4:10.0.0.7:53422", "ipv4:10.0.0.7"),
+        ("ipv6:[::1]:40000", "ipv6:[::1]"),
+        ("unix:/tmp/s", "unix:/tmp/s"),
+        ("10.0.0.7:53422", "ipv4:10.0.0.7"),  # the HTTP port's client address: the same caller as over gRPC
+        ("::1:40000", "ipv6:[::1]"),
+        (None, "unknown"),
+    ],
 )
-def test_the_caller_is_the_peer_without_its_port(peer: str, caller: str) -> None:
-    """Every connection of one client has its own port: per-caller limits count the address."""
-
-    class _Context:
-        def peer(self) -> str:
-            return peer
-
-    assert caller_of(_Context()) == caller  # type: ignore[arg-type]
+def test_the_caller_is_the_peer_without_its_port(peer: str | None, caller: str) -> None:
+    """Every connection of one client has its own port: per-caller limits count the address, on both ports."""
+    assert caller_of(peer) == caller
