@@ -27,6 +27,7 @@ class Reservation:
         self.caller = caller
         self._changed = asyncio.Event()
         self.granted = False
+        self.slot_freed = False  # its running slot given back (its memory may still be held)
         self.released = False
         self.refused: JobError | None = None  # set when the queue is emptied at shutdown: the job never runs
         self._holder: asyncio.Future[Any] | None = None  # work on its behalf that may outlive its caller
@@ -60,8 +61,10 @@ class Reservation:
         self._changed.set()
 
     def hold_until(self, work: asyncio.Future[Any]) -> None:
-        """Keep the slot and its memory until ``work`` (a decode or the job's run, on a thread) has really ended,
-        even when the caller leaves first: a thread cannot be stopped, and its memory is in use until it returns."""
+        """Keep the job's memory reserved until ``work`` (a decode or the job's run, on a thread) has really ended,
+        even when the caller leaves first: a thread cannot be stopped, and its memory is in use until it returns.
+        The running slot is given back when the caller leaves (the next job's run waits for a worker thread anyway,
+        and starts only if its memory fits beside what is still held)."""
         self._holder = work
         work.add_done_callback(self._work_done)
 
@@ -70,11 +73,13 @@ class Reservation:
             self._give_back()
 
     def release(self) -> None:
-        """The caller is done with it: give the slot (or queue place) back, or once the work it holds has ended;
-        safe to call more than once."""
+        """The caller is done with it: give the slot (or queue place) and the memory back, the memory only once the
+        work it holds has ended; safe to call more than once."""
         self._caller_done = True
         if self._holder is None or self._holder.done():
             self._give_back()
+        else:
+            self._admission.free_slot(self)
 
     def _give_back(self) -> None:
         if not self.released:
@@ -96,12 +101,18 @@ class Admission:
         self.max_per_caller = max_per_caller  # running and queued jobs of one caller together; 0 = no limit
         self.max_queue_wait_s = max_queue_wait_s  # 0 = as long as it takes
         self._callers: Counter[str] = Counter()
+        self._held = 0  # granted reservations whose memory is still reserved (their work may outlive the slot)
         self.running = 0
         self.reserved_bytes = 0  # the running jobs' estimates
         self._waiting: deque[Reservation] = deque()
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def held(self) -> int:
+        """Jobs holding memory: running, or finishing on their thread after their caller left."""
+        return self._held
 
     @property
     def queued(self) -> int:
@@ -149,6 +160,7 @@ class Admission:
         reservation.granted = True
         self.running += 1
         self.reserved_bytes += reservation.memory_bytes
+        self._held += 1
 
     def position(self, reservation: Reservation) -> int:
         return self._waiting.index(reservation) + 1
@@ -158,20 +170,33 @@ class Admission:
         if not self._callers[reservation.caller]:
             del self._callers[reservation.caller]
 
+    def free_slot(self, reservation: Reservation) -> None:
+        """Give back ``reservation``'s running slot, keeping its memory reserved (``Reservation.hold_until``)."""
+        if reservation.granted and not reservation.slot_freed:
+            reservation.slot_freed = True
+            self.running -= 1
+            self._promote()
+
     def release(self, reservation: Reservation) -> None:
         self._forget(reservation)
         if reservation.granted:
-            self.running -= 1
+            if not reservation.slot_freed:
+                reservation.slot_freed = True
+                self.running -= 1
             self.reserved_bytes -= reservation.memory_bytes
+            self._held -= 1
         else:
             self._waiting.remove(reservation)
+        self._promote()
+
+    def _promote(self) -> None:
         while self._waiting and self._fits(self._waiting[0]):  # in order: the head waits for room, the rest behind it
             successor = self._waiting.popleft()
             self._grant(successor)
             successor.notify()
         for waiting in self._waiting:  # everyone behind moved up one place
             waiting.notify()
-        if self.running == 0 and not self._waiting:
+        if self._held == 0 and not self._waiting:
             self._idle.set()
 
     def close(self) -> None:
@@ -190,7 +215,7 @@ class Admission:
             reservation.released = True  # nothing left to give back
             self._forget(reservation)
             reservation.notify()
-        if self.running == 0:
+        if self._held == 0:
             self._idle.set()
 
     async def wait_idle(self) -> None:

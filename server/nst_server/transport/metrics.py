@@ -49,6 +49,20 @@ class _StateCollector(Collector):
             "nst_jobs_max_running", "The --max-concurrent limit.", value=self._admission.max_running
         )
         yield GaugeMetricFamily("nst_jobs_max_queued", "The --max-queue limit.", value=self._admission.max_queued)
+        yield GaugeMetricFamily(
+            "nst_jobs_held",
+            "Jobs holding memory: running, or still finishing an evaluation or a decode after their caller left.",
+            value=self._admission.held,
+        )
+        yield GaugeMetricFamily(
+            "nst_memory_reserved_bytes", "Estimated peak memory of the jobs held.", value=self._admission.reserved_bytes
+        )
+        if self._admission.memory_budget is not None:
+            yield GaugeMetricFamily(
+                "nst_memory_budget_bytes",
+                "What jobs may reserve together: --max-memory less the server's own resident memory at start.",
+                value=self._admission.memory_budget,
+            )
         device = InfoMetricFamily("nst_device", "The device each loaded model runs on.", labels=["model"])
         for model in self._models:
             device.add_metric([model.name], {"device": model.device})

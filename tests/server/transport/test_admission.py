@@ -131,3 +131,27 @@ def test_a_job_that_waits_too_long_in_the_queue_ends_with_queue_timeout() -> Non
         assert admission.queued == 0
 
     asyncio.run(scenario())
+
+
+def test_a_caller_who_leaves_frees_the_slot_but_not_the_memory_its_work_still_uses() -> None:
+    """The caller leaves while its decode (or run) goes on in a thread: the slot comes back at once, the memory only
+    when that work has ended, so a job that needs it waits (6 abandoned decodes once held +732 MiB)."""
+
+    async def scenario() -> None:
+        admission = Admission(max_running=1, max_queued=1, memory_budget=1000)
+        first = admission.reserve(800)
+        work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        first.hold_until(work)
+        first.release()  # the caller left mid-decode
+        assert (admission.running, admission.reserved_bytes) == (0, 800)
+        second = admission.reserve(800)
+        assert not second.granted  # a free slot, but not the memory
+        idle = asyncio.create_task(admission.wait_idle())
+        work.set_result(None)  # the decode has really ended
+        await asyncio.sleep(0)
+        assert second.granted
+        assert admission.reserved_bytes == 800
+        second.release()
+        await asyncio.wait_for(idle, timeout=5)
+
+    asyncio.run(scenario())
