@@ -74,13 +74,21 @@ def _torch_loss(model_dir: Path, pooling: str, threads: int) -> tuple[Any, Any, 
     """torch, the PyTorch model with the export's weights (same seed, same initialisation), and the manifest."""
     import torch
     from nst_export.vgg import VGG19Features, deepest_layer
-    from nst_export.weights import init_random
+    from nst_export.weights import init_random, init_ranvgg, weights_sha256
     from nst_server.runtime.graphs import LossGraphs
 
     torch.set_num_threads(threads)
     manifest = LossGraphs(model_dir, device="cpu").manifest
     model = VGG19Features(deepest_layer(manifest.content_layers + manifest.style_layers), pooling)  # type: ignore[arg-type]
-    init_random(model, SEED)
+    seed = SEED if manifest.seed is None else manifest.seed
+    if manifest.weights == "ranvgg":  # the export's own seeded weights, made again from the manifest's record
+        init_ranvgg(model, seed, manifest.preprocessing)
+    elif manifest.weights == "random":
+        init_random(model, seed)
+    else:
+        raise ValueError(f"{model_dir}: {manifest.weights} weights cannot be made again here; use a seeded export")
+    if weights_sha256(model) != manifest.weights_sha256:
+        raise ValueError(f"{model_dir}: its weights are not those of {manifest.weights} seed {seed} here")
     return torch, model, manifest
 
 

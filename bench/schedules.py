@@ -1,17 +1,20 @@
 """`python -m bench.schedules`: the experiments behind the server's default schedule, in-process for speed.
 
-Each variant runs the server's own pipeline (``nst_server.domain.pipeline.stylize``) on the README's demo images with
-some of its schedule constants or options changed, and reports the full-size-equivalent evaluations and seconds
+Each variant runs the server's own pipeline (``nst_server.domain.pipeline.stylize``) on one content/style pair (the
+README's demo images by default) and one of bench/losses.py's losses, with some of its schedule constants or options
+changed, and reports the full-size-equivalent evaluations and seconds
 until its final-scale loss reaches a target: scipy's L-BFGS-B (over the same onnxruntime evaluator, history 10,
 bounds [0, 1], ftol = gtol = 0) after ``--target-evaluations`` evaluations. Evaluations are the machine-
 independent figure; seconds include the coarse scales' preparation and suffer from whatever else runs.
 The headline figures come from `python -m bench.quality`, through gRPC; this module only ranks ideas.
 
-    python -m bench.schedules --model DIR --side 256 --target-evaluations 200 --budget 200 VARIANT ...
+    python -m bench.schedules --loss ranvgg --side 256 --target-evaluations 200 --budget 200 VARIANT ...
 
 A VARIANT is NAME[:key=value,...] with keys among the pipeline constants (ratio, coarsest, growth), the
-options (scales, coarse_evaluations, lbfgs_history, optimizer, learning_rate, min_improvement) and carry=0
-(no L-BFGS state across scales).
+options (scales, coarse_evaluations, lbfgs_history, optimizer, learning_rate, min_improvement), carry=0
+(no L-BFGS state across scales), style=full (coarser scales' style targets from the whole painting, not one
+resized to the scale) and init=matched (start from the photo with the painting's colour mean and
+covariance, ``nst_server.domain.colour.match_colours``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import service
+from . import losses, service
 from .quality import loadavg
 
 
@@ -39,9 +42,9 @@ def _job(content: Path, style: Path, side: int, options: Any) -> Any:
     return Job("bench", "model", size, images.to_array(photo, size), (Style(style_array),), options)
 
 
-def target(graphs: Any, job: Any, evaluations: int, cache: Path) -> dict[str, Any]:
+def target(graphs: Any, job: Any, evaluations: int, cache: Path, case: str) -> dict[str, Any]:
     """scipy's L-BFGS-B over the server's evaluator at the job's size: its loss after ``evaluations``."""
-    key = f"{job.size[0]}x{job.size[1]}-{evaluations}"
+    key = f"{case}-{job.size[0]}x{job.size[1]}-{evaluations}"
     known = json.loads(cache.read_text()) if cache.exists() else {}
     if key in known:
         return known[key]  # type: ignore[no-any-return]
@@ -51,7 +54,7 @@ def target(graphs: Any, job: Any, evaluations: int, cache: Path) -> dict[str, An
     start = time.perf_counter()
     evaluate = graphs.evaluator(
         job.content.shape[2:], job_targets(graphs, job.content, [job.styles[0].image], None),
-        graphs.manifest.default_loss_weights,
+        job.options.loss_weights or graphs.manifest.default_loss_weights,
     )  # fmt: skip
     outcome = service.scipy_lbfgsb(evaluate, optimise.Run(job.content.copy(), evaluations), 10)
     known[key] = {"loss": outcome.losses.total, "seconds": time.perf_counter() - start, "loadavg": loadavg()}
@@ -65,10 +68,12 @@ _CONSTANTS = {"ratio": "AUTO_RATIO", "coarsest": "AUTO_COARSEST_SIDE_PX", "growt
 def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]:
     """One in-process job under a variant; when its final-scale loss first reaches ``goal``."""
     from nst.events import Optimizer, Progress, ScaleStarted
-    from nst_server.domain import pipeline, schedule
+    from nst_server.domain import colour, pipeline, schedule
     from nst_server.domain.errors import Cancelled
+    from nst_server.domain.job import Init
 
     name, _, rest = spec.partition(":")
+    saved_style = pipeline.style_for_scale
     saved = {attr: getattr(schedule, attr) for attr in _CONSTANTS.values()}
     saved_carry = pipeline.carry_inverse_hessian_scale
     options = job.options
@@ -81,6 +86,12 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
                 pipeline.carry_inverse_hessian_scale = lambda *_: None  # type: ignore[assignment]
             elif key == "optimizer":
                 options = dataclasses.replace(options, optimizer=Optimizer(value))
+            elif key == "style" and value == "full":  # coarser scales' style targets from the whole painting
+                pipeline.style_for_scale = lambda style, _: style  # type: ignore[assignment]
+            elif key == "init" and value == "matched":
+                matched = colour.match_colours(job.content, job.styles[0].image)
+                options = dataclasses.replace(options, init=Init.IMAGE)
+                job = dataclasses.replace(job, init_image=matched)
             else:
                 field = type(getattr(options, key))
                 options = dataclasses.replace(options, **{key: field(value)})
@@ -110,6 +121,7 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
         for attr, value in saved.items():
             setattr(schedule, attr, value)
         pipeline.carry_inverse_hessian_scale = saved_carry  # type: ignore[assignment]
+        pipeline.style_for_scale = saved_style  # type: ignore[assignment]
     reached = state["reached"]
     return {
         "variant": spec,
@@ -129,7 +141,11 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.schedules", description=__doc__.split("\n\n")[0])
     parser.add_argument("variants", nargs="+")
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--loss", choices=losses.LOSSES, default="ranvgg", help="bench/losses.py (default ranvgg)")
+    parser.add_argument("--model", type=Path, help="the loss's model (default: exported into --models)")
+    parser.add_argument("--models", type=Path, default=Path("/tmp/nst-bench-models"), help="where to export it")
+    parser.add_argument("--content", type=Path, help="default: the README demo's photo (or a synthetic one)")
+    parser.add_argument("--style", type=Path, help="default: the README demo's painting (or a synthetic one)")
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--target-evaluations", type=int, default=200)
     parser.add_argument("--budget", type=int, default=200, help="max_evaluations of every variant")
@@ -140,17 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     from nst_server.domain.job import Options
     from nst_server.runtime.graphs import LossGraphs
 
-    graphs = LossGraphs(args.model, device="cpu", threads=args.threads)
+    model = args.model or losses.export(args.loss, args.models)
+    graphs = LossGraphs(model, device="cpu", threads=args.threads)
     content, style, _ = service.inputs(Path("/tmp"), args.side)
+    content, style = args.content or content, args.style or style
     job = _job(content, style, args.side, Options(max_side_px=args.side, max_evaluations=args.budget))
-    goal = target(graphs, job, args.target_evaluations, args.cache)
-    print(json.dumps({"target": goal, "side": args.side, "target_evaluations": args.target_evaluations}))
+    weights = losses.loss_weights(args.loss, graphs, job.content, job.styles[0].image)
+    job = dataclasses.replace(job, options=dataclasses.replace(job.options, loss_weights=weights))
+    case = f"{args.loss}-{content.name}-{style.name}"
+    goal = target(graphs, job, args.target_evaluations, args.cache, case)
+    about = {"loss": args.loss, "pair": f"{content.name} + {style.name}", "loss_weights": dataclasses.astuple(weights)}
+    print(json.dumps({"target": goal, "side": args.side, "target_evaluations": args.target_evaluations} | about))
     for spec in args.variants:
         row = run_variant(graphs, job, spec, goal["loss"])
         print(json.dumps(row), flush=True)
         if args.out:
             with args.out.open("a") as out:
-                out.write(json.dumps(row | {"side": args.side, "target": goal}) + "\n")
+                out.write(json.dumps(row | {"side": args.side, "target": goal} | about) + "\n")
     return 0
 
 

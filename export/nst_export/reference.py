@@ -73,7 +73,7 @@ def layer_guides(model: VGG19Features, guides: torch.Tensor, wanted: tuple[str, 
     return by_layer
 
 
-class _Circular:
+class CircularPadding:
     """Within the block, every conv of ``model`` pads circularly (PyTorch's own padding_mode="circular")."""
 
     def __init__(self, model: VGG19Features, on: bool) -> None:
@@ -109,7 +109,7 @@ def targets(
 
     With ``guide`` (H, W), the style layers' Gram matrices are guided by it (only that part of the image counts).
     """
-    with torch.no_grad(), _Circular(model, circular):
+    with torch.no_grad(), CircularPadding(model, circular):
         features = model(preprocess(image, flavour), content_layers + style_layers)
         grams = {name: gram(features[name]) for name in style_layers}
         if guide is not None:
@@ -160,7 +160,7 @@ def gatys_loss(
     """The total loss and its terms at ``image``, with the gradient from PyTorch autograd."""
     x = image.detach().clone().requires_grad_(True)
     content_layers, style_layers = tuple(target.content), tuple(target.gram)
-    with _Circular(model, circular):
+    with CircularPadding(model, circular):
         features = model(preprocess(x, flavour), content_layers + style_layers)
     zero = torch.zeros((), dtype=x.dtype)
     content_terms = zip(content_layers, content_layer_weights, strict=True)

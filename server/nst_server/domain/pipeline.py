@@ -56,6 +56,13 @@ class _Scale:
         return x if self.pinned is None else self.pinned.image(x)
 
 
+def style_for_scale(style: FloatArray, ratio: float) -> FloatArray:
+    """A painting as a scale ``ratio`` times the output's size sees it: resized by the same ratio, so that its
+    strokes keep their size relative to the picture at every scale (bench.schedules' ``style=full`` lever keeps
+    it whole instead)."""
+    return images.resize(style, (max(1, round(style.shape[3] * ratio)), max(1, round(style.shape[2] * ratio))))
+
+
 def _prepare_scale(
     model: LossModel,
     job: Job,
@@ -73,10 +80,7 @@ def _prepare_scale(
     height, width = canvas.shape[2:]
     ratio = width / job.size[0]
     content = images.resize(job.content, (width, height)) if job.content is not None else None
-    scaled = [
-        images.resize(style, (max(1, round(style.shape[3] * ratio)), max(1, round(style.shape[2] * ratio))))
-        for style in styles
-    ]
+    scaled = [style_for_scale(style, ratio) for style in styles]
     regions = spatial.regions(job, (width, height))
     targets = job_targets(
         model,
