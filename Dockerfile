@@ -81,7 +81,7 @@ EXPOSE 50051 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["nst", "health", "--server", "127.0.0.1:50051", "--timeout", "3"]
 # Exec form: nst-server is PID 1 and gets SIGTERM from `docker stop` (NOT_SERVING, drain, grace, exit 0).
-ENTRYPOINT ["nst-server", "--model", "/models/vgg19", "--host", "0.0.0.0", "--port", "50051", "--http-port", "8080"]
+ENTRYPOINT ["nst-server", "--model", "/models/vgg19", "--host", "0.0.0.0", "--port", "50051", "--http-port", "8080", "--metrics-host", "0.0.0.0"]
 CMD ["--drain", "2", "--grace", "25"]
 
 # ---- CPU-only image ----
@@ -97,15 +97,16 @@ USER 10001
 
 # ---- GPU image (default) ----
 FROM runtime AS gpu
-# tests/export/test_onnxruntime_floor.py loads the exported graphs with this version.
-ARG ONNXRUNTIME_GPU_VERSION=1.31.1
+# The onnxruntime-gpu release is written in one place, deploy/docker/onnxruntime-gpu.version (mounted below), which
+# `bash bench/gpu.sh --wheelhouse DIR` installs too; tests/export/test_onnxruntime_floor.py loads the exported graphs
+# with it and checks that pyproject.toml's gpu extra allows it.
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 RUN --mount=type=secret,id=ca --mount=type=tmpfs,target=/run/pip \
     --mount=type=bind,source=deploy/docker,target=/run/pip-inputs --mount=type=bind,source=wheels,target=/run/wheels \
     . /run/pip-inputs/pip-inputs.sh \
-    && pip install "$(ls /dist/*.whl)[gpu]" "onnxruntime-gpu[cuda,cudnn]==${ONNXRUNTIME_GPU_VERSION}" && rm -rf /dist
+    && pip install "$(ls /dist/*.whl)[gpu]" "onnxruntime-gpu[cuda,cudnn]==$(cat /run/pip-inputs/onnxruntime-gpu.version)" && rm -rf /dist
 USER 10001
 # Fail at start-up rather than run slowly on the CPU when the container was started without a GPU.
 CMD ["--device", "cuda", "--drain", "2", "--grace", "25"]

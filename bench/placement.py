@@ -1,13 +1,16 @@
 """Host against device placement of the optimiser: per iteration, the loss graph, the step and the host's own work.
 
     python -m bench.placement [--model DIR] [--device cpu] [--sides 256,512] [--iterations 10] [--repeats 3]
-                              [--optimizers lbfgs,adam] [--json PATH]
+                              [--optimizers lbfgs,adam] [--cuda-tf32 off] [--cuda-conv-search exhaustive]
+                              [--json PATH]
 
 Runs the server's own optimisers in-process (``optimise.HostOptimiser`` and ``device_optimise.DeviceOptimiser``)
 on one evaluator per size, a 4:3 random picture styled by another, and prints one JSON line per size, optimiser
 and placement, medians over ``--repeats`` runs taken in turn (host, device, host, ...) so that a change in load
 hits both alike:
 
+- ``cold_ms``: the first run of the loss graph at this size in the process (onnxruntime plans its memory, and on
+  CUDA cuDNN picks each convolution's algorithm, by ``--cuda-conv-search``), before any of the runs below;
 - ``loss_ms``: one run of the loss graph (per evaluation; on the host placement it includes copying the image in);
 - ``step_ms``: the step graphs' runs per iteration (device placement; 0 on the host, where the step is host work);
 - ``host_ms``: everything else per iteration, in Python: the numpy step on the host placement, bindings and scalar
@@ -34,12 +37,13 @@ import tempfile
 import time
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from nst.events import Losses
+from nst_server.config import ConvSearch, CudaSettings
 from nst_server.domain import optimise
 from nst_server.domain.evaluation import Evaluation, WrappedEvaluator
 from nst_server.runtime.device_optimise import DeviceOptimiser
@@ -150,7 +154,9 @@ def _per_iteration(run: dict[str, float], setup: dict[str, float]) -> dict[str, 
 def measure(graphs: LossGraphs, side: int, methods: list[str], iterations: int, repeats: int) -> list[dict[str, Any]]:
     """One row per optimiser and placement at ``side`` px (4:3)."""
     evaluator = _evaluator(graphs, side)
+    cold = time.perf_counter()
     graphs.warm_up(evaluator, _image(side, 3))
+    cold_ms = 1e3 * (time.perf_counter() - cold)
     start = _image(side, 3)
     rows = []
     for method in methods:
@@ -163,7 +169,7 @@ def measure(graphs: LossGraphs, side: int, methods: list[str], iterations: int, 
                     runs[placement].append(_per_iteration(result, setup))
         for placement, results in runs.items():
             row = {key: median(r[key] for r in results) for key in results[0]}
-            rows.append({"side": side, "optimizer": method, "placement": placement, **row})
+            rows.append({"side": side, "optimizer": method, "placement": placement, "cold_ms": cold_ms, **row})
     return rows
 
 
@@ -183,15 +189,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--optimizers", default="lbfgs,adam")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--cuda-tf32", choices=("on", "off"), default="off", help="CUDA only, as nst-server's")
+    parser.add_argument(
+        "--cuda-conv-search", choices=get_args(ConvSearch), default="exhaustive", help="CUDA only, as nst-server's"
+    )
     parser.add_argument("--json", type=Path, help="also write every row here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or export_random(Path(scratch))
-        graphs = LossGraphs(model, args.device, args.threads, placement="device")
+        cuda = CudaSettings(args.cuda_tf32 == "on", args.cuda_conv_search)
+        graphs = LossGraphs(model, args.device, args.threads, placement="device", cuda=cuda)
         rows = []
         for side in (int(s) for s in args.sides.split(",")):
             for row in measure(graphs, side, args.optimizers.split(","), args.iterations, args.repeats):
                 row |= {"device": graphs.device, "load": os.getloadavg()[0]}
+                if graphs.device != "cpu":  # the CUDA provider's settings; the CPU provider has none
+                    row |= {"tf32": args.cuda_tf32, "conv_search": args.cuda_conv_search}
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
                 rows.append(row)
     faster = {

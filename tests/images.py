@@ -41,3 +41,15 @@ def png_claiming_size(width: int, height: int) -> bytes:
     chunk = b"IHDR" + header
     ihdr = struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
     return data[:8] + ihdr + data[8 + len(ihdr) :]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk with its length and a correct CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_with_chunk(kind: bytes, data: bytes, width: int = 40, height: int = 40) -> bytes:
+    """A valid PNG with one more chunk right after IHDR (valid CRC): where an eXIf chunk goes."""
+    image = png(width, height)
+    after_ihdr = 8 + 25  # the signature, then IHDR's 13 bytes with length, type and CRC
+    return image[:after_ihdr] + png_chunk(kind, data) + image[after_ihdr:]

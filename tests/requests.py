@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 from nst.v1 import style_transfer_pb2 as pb
 from nst.v1 import style_transfer_pb2_grpc as pb_grpc
+from PIL import Image
 
-from tests.images import png
+from tests.images import encoded, png
 
 # The cheapest job worth the name: 64 px, two evaluations of Adam (one per iteration, no line search).
 CHEAP = {"max_side_px": 64, "max_evaluations": 2, "optimizer": pb.OPTIMIZER_ADAM}
@@ -43,3 +45,16 @@ def status_of(call: Iterator[pb.StylizeResponse]) -> tuple[grpc.StatusCode, str]
         return error.code(), error.details() or ""
     assert kinds[-1:] == ["result"], f"stream ended OK without a result: {kinds}"
     return grpc.StatusCode.OK, ""
+
+
+def worst_small_request(styles: int = 8, side: int = 4096) -> pb.StylizeRequest:
+    """The issue's 1,639-byte request: solid 64x64 PNGs as content, 8 styles and init image, max_side_px 4096.
+
+    Decoded at its working sizes it is 10 float32 images of 4096x4096, 1,920 MiB.
+    """
+    image = encoded(Image.fromarray(np.full((64, 64, 3), 128, np.uint8)))
+    return pb.StylizeRequest(
+        content_image=image,
+        style_images=[pb.StyleImage(image=image) for _ in range(styles)],
+        options=pb.StylizeOptions(max_side_px=side, init=pb.INIT_IMAGE, init_image=image),
+    )

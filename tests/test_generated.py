@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.node import installed_node_modules
+
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = (
     "protos/nst/v1/style_transfer_pb2.py",
@@ -29,18 +31,7 @@ pytestmark = pytest.mark.slow  # npm ci the first time, protoc three times, tsc 
 
 def _node_modules(npm: str) -> Path:
     """web/node_modules installed from the lock file (kept between runs, like tests/interop's)."""
-    web = ROOT / "web"
-    marker = web / "node_modules" / ".package-lock.json"  # npm writes it on every install
-    if not marker.exists() or marker.stat().st_mtime < (web / "package-lock.json").stat().st_mtime:
-        done = subprocess.run(
-            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=web,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
-    return web / "node_modules"
+    return installed_node_modules(ROOT / "web", npm)
 
 
 def test_generated_files_are_up_to_date(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ def _forward(
 def _gram(b: _Builder, features: str, channels: int) -> tuple[str, str, str]:
     """G = F F^T / (N M); also returns F as an N x M matrix and N*M as a float scalar."""
     matrix = b.op("Reshape", features, b.i64(channels, -1))
-    count = b.op("Cast", b.op("Size", matrix), to=TensorProto.FLOAT)
+    count = _element_count(b, matrix, channels, (1,))
     product = b.op("MatMul", matrix, b.op("Transpose", matrix, perm=[1, 0]))
     return b.op("Div", product, count), matrix, count
 
@@ -216,15 +216,33 @@ def _sum_of_squares(b: _Builder, values: str) -> str:
     return b.op("Cast", b.op("ReduceSum", b.op("Mul", wide, wide), keepdims=0), to=TensorProto.FLOAT)
 
 
-def _mean_square(b: _Builder, diff: str, wide: bool = False) -> tuple[str, str]:
-    """mean(diff^2) as a scalar, and the element count as a float scalar; ``wide``: summed in float64.
+def _element_count(b: _Builder, tensor: str, fixed: int, dynamic_axes: tuple[int, ...]) -> str:
+    """How many elements ``tensor`` has, as a float32 scalar computed on the device: ``fixed`` (the product of the
+    sizes known at export) times the size of each axis in ``dynamic_axes`` (height and width are dynamic).
+
+    Cast(Size(x)) says the same in two nodes, but Size writes into host memory, so on CUDA the Cast needs a copy
+    from the host each run, and onnxruntime refuses to capture a graph with such a copy as a CUDA graph
+    (``nst_server.runtime.cuda_ops``). ConstantOfShape reads its shape from host memory by design (as Reshape does) and
+    writes ones on the device, whose sum is the axis' size. Counted in float64, the product is exact (< 2^53) and
+    is rounded to float32 once, as Cast(Size) rounds it: the same bits.
+    """
+    shape = b.op("Shape", tensor)
+    count = b.const(np.array(float(fixed), np.float64), "count")
+    one = numpy_helper.from_array(np.ones(1, np.float64))
+    for axis in dynamic_axes:
+        ones = b.op("ConstantOfShape", b.op("Slice", shape, b.i64(axis), b.i64(axis + 1)), value=one)
+        count = b.op("Mul", count, b.op("ReduceSum", ones, keepdims=0))
+    return b.op("Cast", count, to=TensorProto.FLOAT)
+
+
+def _mean_square(b: _Builder, diff: str, count: str, wide: bool = False) -> str:
+    """mean(diff^2) as a scalar, given ``diff``'s element count as a float scalar; ``wide``: summed in float64.
 
     Image-sized terms (content, TV) are summed wide; the style terms' N x N differences are small, and stay
     float32 so that the guided and plain formulations remain bit-identical.
     """
-    count = b.op("Cast", b.op("Size", diff), to=TensorProto.FLOAT)
     total = _sum_of_squares(b, diff) if wide else b.op("ReduceSum", b.op("Mul", diff, diff), keepdims=0)
-    return b.op("Div", total, count), count
+    return b.op("Div", total, count)
 
 
 def _layer_weight(b: _Builder, weights_input: str, index: int) -> str:
@@ -298,8 +316,8 @@ def _total_variation_circular(b: _Builder, image: str) -> tuple[str, str]:
     grad: str | None = None
     for axis in (2, 3):
         diff = b.op("Sub", _roll(b, image, -1, axis), image)  # x[i+1] - x[i], i+1 taken mod the size
-        term, count = _mean_square(b, diff, wide=True)
-        loss = _add(b, loss, term)
+        count = _element_count(b, diff, 3, (2, 3))
+        loss = _add(b, loss, _mean_square(b, diff, count, wide=True))
         d_diff = b.op("Mul", diff, b.op("Div", b.f32(2.0), count))
         grad = _add(b, grad, b.op("Sub", _roll(b, d_diff, 1, axis), d_diff))
     assert loss is not None
@@ -328,8 +346,8 @@ def _total_variation(b: _Builder, image: str) -> tuple[str, str]:
     grad: str | None = None
     for axis in (2, 3):
         diff = _tv_differences(b, image, axis)
-        term, count = _mean_square(b, diff, wide=True)
-        loss = _add(b, loss, term)
+        count = _element_count(b, diff, 3, (2, 3))
+        loss = _add(b, loss, _mean_square(b, diff, count, wide=True))
         grad = _add(b, grad, _tv_gradient(b, diff, b.op("Div", b.f32(2.0), count), axis))
     assert loss is not None
     assert grad is not None
@@ -411,7 +429,7 @@ def _plain_style_term(b: _Builder, features: str, channels: int, target: str, sc
     """mean((G - A)^2) and its gradient at F, the unguided formulation (Gatys et al. 2016)."""
     gram, matrix, count = _gram(b, features, channels)
     diff = b.op("Sub", gram, target)
-    term, _ = _mean_square(b, diff)
+    term = _mean_square(b, diff, b.f32(float(channels**2)))
     # dF = scale * (D + D^T) F / (N M)
     symmetric = b.op("Add", diff, b.op("Transpose", diff, perm=[1, 0]))
     d_matrix = b.op("Mul", b.op("MatMul", symmetric, matrix), b.op("Div", scale, count))
@@ -446,7 +464,8 @@ def _loss_gradients(
     content_loss: str | None = None
     for index, name in enumerate(manifest.content_layers):
         diff = b.op("Sub", forward.outputs[name], mf.content_target_name(name))
-        term, count = _mean_square(b, diff, wide=True)
+        count = _element_count(b, diff, layer[name].out_channels, (2, 3))
+        term = _mean_square(b, diff, count, wide=True)
         weight = _layer_weight(b, mf.CONTENT_LAYER_WEIGHTS_INPUT, index)
         content_loss = _add(b, content_loss, b.op("Mul", weight, term))
         # d(alpha w mean(diff^2))/dF = 2 alpha w diff / count

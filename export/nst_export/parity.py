@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from nst.manifest import Preprocessing, content_target_name, gram_target_name
-from nst_server.config import Device
+from nst_server.config import CudaSettings, Device
 from nst_server.domain.model import Regions
 from nst_server.runtime.graphs import LossGraphs
 from torch import nn
@@ -235,13 +235,15 @@ def check_parity(
     guided: bool = False,
     circular: bool = False,
     device: Device = "cpu",
+    cuda: CudaSettings | None = None,
 ) -> ParityReport:
     """Compare the graphs in ``model_dir`` with ``reference`` at ``image``, targets from ``content``/``style``.
 
     ``guided`` checks spatial control: two soft regions, each with its own style-side guide and weight.
-    ``circular`` checks the circular-padding graphs. ``device`` is onnxruntime's (bench/gpu.sh checks on "cuda").
+    ``circular`` checks the circular-padding graphs. ``device`` is onnxruntime's (bench/gpu.sh checks on "cuda"),
+    with ``cuda`` for its provider (the tolerances hold with TF32 off, the default).
     """
-    graphs = LossGraphs(model_dir, device=device)
+    graphs = LossGraphs(model_dir, device=device, cuda=cuda)
     manifest = graphs.manifest
     layers = (manifest.content_layers, manifest.style_layers)
     flavour = manifest.preprocessing

@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import get_args
 
 from .app import load_models, serve
-from .config import MAX_SIDE_TILED_PX, MAX_SIDE_WHOLE_PX, MIN_TILE_PX, Limits, Placement, ServerConfig
+from .config import (
+    MAX_SIDE_TILED_PX,
+    MAX_SIDE_WHOLE_PX,
+    MIN_TILE_PX,
+    ConvSearch,
+    CudaSettings,
+    Limits,
+    Placement,
+    ServerConfig,
+)
+from .domain.memory import DEFAULT_MEMORY_FRACTION, parse_size
 from .runtime.graphs import AUTO_PLACEMENT
 from .runtime.sessions import DeviceUnavailableError
 from .transport import auth
@@ -30,6 +40,7 @@ _LIMIT_FLAGS = {
     "max_evaluations": "per job",
     "max_styles": "style images per request",
     "max_message_bytes": "request size",
+    "max_jobs_per_caller": "running and queued jobs of one caller (its address) together; 0 = no limit",
 }
 _SECONDS_FLAGS = {  # ServerConfig field: (flag, what it times)
     "drain_s": ("--drain", "seconds NOT_SERVING before closing"),
@@ -38,7 +49,22 @@ _SECONDS_FLAGS = {  # ServerConfig field: (flag, what it times)
         "--max-connection-age",
         "seconds before a client connection is asked to reconnect, running calls unaffected; 0 = never",
     ),
-}
+    "stall_s": ("--stall-timeout", "seconds one response may wait for its reader before the call ends and its job is "
+                "cancelled; 0 = never"),
+    "max_queue_wait_s": ("--max-queue-wait", "seconds a job may wait for a slot (then RESOURCE_EXHAUSTED); 0 = no "
+                         "limit"),
+    "max_job_s": ("--max-job-duration", "seconds a job may run (then stopped, DEADLINE_EXCEEDED); 0 = no limit"),
+    "keepalive_s": ("--keepalive", "seconds of silence before the server pings a connection (dropped after 20 s "
+                    "without an answer); 0 = never"),
+    "max_connection_idle_s": ("--max-connection-idle", "seconds a connection with no call stays open; 0 = never"),
+}  # fmt: skip
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _flag(limit: str) -> str:
@@ -95,7 +121,11 @@ def _add_serving_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
         default=d.metrics_port,
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: not served; 0 picks a free port)",
     )
-    group.add_argument("--metrics-host", default=d.metrics_host, help="address for the metrics (default: --host)")
+    group.add_argument(
+        "--metrics-host",
+        default=d.metrics_host,
+        help=f"address for the metrics, which have no authentication (default {d.metrics_host}, whatever --host is)",
+    )
 
 
 def _add_runtime_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
@@ -122,7 +152,21 @@ def _add_runtime_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
         "--cuda-graphs",
         action="store_true",
         help="CUDA only: replay the device-placed Adam step as captured CUDA graphs (one per scale); the loss graph "
-        "and L-BFGS's steps are not captured (host copies; scalars read each run)",
+        "(not written yet) and L-BFGS's steps (scalars read each run) are not captured",
+    )
+    group.add_argument(
+        "--cuda-tf32",
+        choices=("on", "off"),
+        default="on" if d.cuda.tf32 else "off",
+        help="CUDA only: let convolutions and matrix products use TF32 (faster; about 1e-3 relative error, above "
+        "the parity check's float32 tolerances); default %(default)s, chosen by reasoning until measured",
+    )
+    group.add_argument(
+        "--cuda-conv-search",
+        choices=get_args(ConvSearch),
+        default=d.cuda.conv_search,
+        help="CUDA only: how cuDNN picks each convolution's algorithm for every new image shape (each scale of a "
+        "job is one): exhaustive times them all on the first evaluation, heuristic asks cuDNN (default %(default)s)",
     )
     group.add_argument(
         "--tile-size",
@@ -141,6 +185,25 @@ def _add_limit_flags(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
         group.add_argument(
             _flag(limit), type=int, default=getattr(d.limits, limit), help=f"{what} (default %(default)s)"
         )
+    group.add_argument(
+        "--max-memory",
+        dest="max_memory_bytes",
+        type=_size,
+        default=d.max_memory_bytes,
+        metavar="SIZE",
+        help="memory for the server, e.g. 6G or 512M: a job starts only when its estimated peak fits beside the "
+        "running jobs' (less what the server holds itself), and one that could never fit is refused at once "
+        f"(default {DEFAULT_MEMORY_FRACTION * 100:.0f}%% of the cgroup's memory limit, else of physical memory)",
+    )
+    group.add_argument(
+        "--max-response-bytes",
+        dest="max_response_bytes",
+        type=int,
+        default=d.max_response_bytes,
+        metavar="N",
+        help="largest response message (a preview or the result), apart from --max-message-bytes; a job whose "
+        "result could exceed it is refused before it starts (default: what a --max-side square PNG may take)",
+    )
     group.add_argument(
         "--max-side",
         dest="max_side_px",
@@ -170,9 +233,11 @@ def _add_access_flags(group: argparse._ArgumentGroup) -> None:
 def _usage_problem(config: ServerConfig) -> str | None:
     """What makes these settings unusable, as one line; None when they are fine."""
     for limit in dataclasses.fields(Limits):
-        least = 0 if limit.name == "max_queue" else 1  # a server may refuse to queue at all
+        least = 0 if limit.name in ("max_queue", "max_jobs_per_caller") else 1  # a server may refuse to queue at all
         if getattr(config.limits, limit.name) < least:
             return f"{_flag(limit.name)} must be at least {least}"
+    if config.max_response_bytes is not None and config.max_response_bytes < 1:
+        return "--max-response-bytes must be at least 1"
     if config.tile_px and (config.tile_px < MIN_TILE_PX or config.tile_px % 16):
         return (
             f"--tile-size {config.tile_px}: must be 0 (whole images only) or a multiple of 16 px (the pooling grid) "
@@ -201,12 +266,14 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
     if settings["max_side_px"] is None:
         settings["max_side_px"] = MAX_SIDE_TILED_PX if args.tile_px else MAX_SIDE_WHOLE_PX
     limits = Limits(**{limit.name: settings.pop(limit.name) for limit in dataclasses.fields(Limits)})
+    cuda = CudaSettings(tf32=settings.pop("cuda_tf32") == "on", conv_search=settings.pop("cuda_conv_search"))
     return ServerConfig(
         **{
             **settings,
             "model_dirs": tuple(args.model_dirs),
             "http_allowed_origins": tuple(args.http_allowed_origins),
             "limits": limits,
+            "cuda": cuda,
             "token": token,
         }
     )
@@ -240,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # cannot listen, or the TLS files cannot be read or do not match
         message = f"cannot read {error.filename}: {error.strerror}" if error.filename else str(error)
         print(f"nst-server: error: {message}", file=sys.stderr)
+        return 1
+    except ValueError as error:  # --max-memory below what the loaded models already take
+        print(f"nst-server: error: {error}", file=sys.stderr)
         return 1
     return 0
 

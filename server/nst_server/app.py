@@ -11,23 +11,24 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nst.v1 import style_transfer_pb2 as pb
-from nst.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from .config import ServerConfig
+from .domain import memory
 from .domain.errors import ShuttingDown
 from .domain.model import LossModel
 from .runtime.graphs import LossGraphs
-from .transport import auth
+from .transport import auth, codec
 from .transport.admission import Admission
 from .transport.connect import HttpServer
 from .transport.metrics import Metrics
-from .transport.servicer import StyleTransferServicer
+from .transport.servicer import StyleTransferServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransferService"].full_name
 # Room for the request's images on top of the pixel data itself.
 _MESSAGE_OVERHEAD_BYTES = 1 << 20
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 
 def load_models(config: ServerConfig) -> list[LossGraphs]:
@@ -40,10 +41,12 @@ def load_models(config: ServerConfig) -> list[LossGraphs]:
             tile_px=config.tile_px,
             placement=config.optimizer_placement,
             cuda_graphs=config.cuda_graphs,
+            cuda=config.cuda,
         )
         for directory in config.model_dirs
     ]
     for model in models:
+        model.prepare_circular()
         model.prepare_steps()
     return models
 
@@ -55,11 +58,22 @@ class Server:
     def __init__(self, config: ServerConfig, models: Sequence[LossModel]) -> None:
         self.config = config
         self.models = models
-        limit = config.limits.max_message_bytes + _MESSAGE_OVERHEAD_BYTES
+        receive_limit = config.limits.max_message_bytes + _MESSAGE_OVERHEAD_BYTES
         options: list[tuple[str, int]] = [
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", receive_limit),
+            # Apart from the request's: every job's result is checked against it before the job starts.
+            ("grpc.max_send_message_length", codec.send_limit(config)),
         ]
+        if config.keepalive_s > 0:
+            # Finds connections whose peer vanished without a word (a NAT dropped it, a laptop slept): pings carry on
+            # through a long evaluation that sends no data, and an unanswered one closes the connection.
+            options += [
+                ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+        if config.max_connection_idle_s > 0:
+            options.append(("grpc.max_connection_idle_ms", int(config.max_connection_idle_s * 1000)))
         if config.max_connection_age_s > 0:
             # GOAWAY after this age makes clients open a new connection, re-resolving a dns:/// target on the way,
             # so replicas added by the autoscaler get their share. The age's grace stays gRPC's default
@@ -67,10 +81,14 @@ class Server:
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)))
         interceptors = [auth.BearerTokenInterceptor(config.token)] if config.token is not None else []
         self.grpc = grpc.aio.server(options=options, interceptors=interceptors)
-        self.admission = Admission(config.limits.max_concurrent, config.limits.max_queue)
+        self.memory_budget, self.memory_summary = memory_budget(config.max_memory_bytes)
+        self.admission = Admission(
+            config.limits.max_concurrent, config.limits.max_queue, self.memory_budget,
+            max_per_caller=config.limits.max_jobs_per_caller, max_queue_wait_s=config.max_queue_wait_s,
+        )  # fmt: skip
         self.metrics = Metrics(self.admission, models)  # recorded always (it is cheap), published only when asked
         self.servicer = StyleTransferServicer(models, config, self.admission, self.metrics)
-        pb_grpc.add_StyleTransferServiceServicer_to_server(self.servicer, self.grpc)
+        add_to_server(self.servicer, self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
@@ -78,15 +96,16 @@ class Server:
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
         # The same servicer behind the HTTP port: one queue, one set of limits and metrics, one drain.
-        self.http = HttpServer(config, self.servicer, limit) if config.http_port is not None else None
+        self.http = HttpServer(config, self.servicer, receive_limit) if config.http_port is not None else None
         self.http_port = self.http.port if self.http is not None else None
 
     async def start(self) -> None:
         """Publish metrics (if configured), start the listener and answer SERVING."""
         config = self.config
         if config.metrics_port is not None:
-            metrics_host = config.metrics_host or config.host
-            log.info("metrics on %s:%d", metrics_host, self.metrics.serve(metrics_host, config.metrics_port))
+            log.info(
+                "metrics on %s:%d", config.metrics_host, self.metrics.serve(config.metrics_host, config.metrics_port)
+            )
         await self.grpc.start()
         if self.http is not None:
             await self.http.start()
@@ -95,6 +114,7 @@ class Server:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("access: %s", _access_summary(config))
+        log.info("memory: %s", self.memory_summary)
         devices = ", ".join(sorted({model.device for model in self.models}))
         log.info("listening on %s:%d (device %s)", config.host, self.port, devices)
 
@@ -130,6 +150,27 @@ class Server:
             await self.http.stop()
         self.metrics.close()
         log.info("stopped")
+
+
+def memory_budget(max_memory_bytes: int | None) -> tuple[int, str]:
+    """What jobs may reserve together (``max_memory_bytes``, or the default, less this process's resident memory
+    now, with its models loaded), and a line saying so for the log.
+
+    Raises:
+        ValueError: nothing is left for jobs.
+    """
+    total, source = (max_memory_bytes, "--max-memory") if max_memory_bytes else memory.default_max_memory()
+    resident = memory.resident_bytes()
+    if total <= resident:
+        raise ValueError(
+            f"--max-memory {memory.format_bytes(total)} ({source}) leaves nothing for jobs: the server already holds "
+            f"{memory.format_bytes(resident)} with its models loaded"
+        )
+    summary = (
+        f"{memory.format_bytes(total - resident)} for jobs: {memory.format_bytes(total)} ({source}) less "
+        f"{memory.format_bytes(resident)} resident"
+    )
+    return total - resident, summary
 
 
 def create_server(config: ServerConfig, models: Sequence[LossModel]) -> Server:

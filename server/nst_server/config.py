@@ -11,6 +11,26 @@ Device = Literal["auto", "cpu", "cuda"]
 # evaluation), "device" (step graphs on the loss graph's provider, only scalars crossing), "auto" (per provider,
 # whichever measured faster: graphs.AUTO_PLACEMENT).
 Placement = Literal["auto", "host", "device"]
+# How cuDNN picks each convolution's algorithm, per new input shape (onnxruntime's cudnn_conv_algo_search): exhaustive
+# times every algorithm (onnxruntime's default), heuristic asks cuDNN's heuristics, default takes the fixed default.
+ConvSearch = Literal["exhaustive", "heuristic", "default"]
+
+
+@dataclass(frozen=True, slots=True)
+class CudaSettings:
+    """How onnxruntime's CUDA provider computes, for the loss, tile and step sessions; no effect on the CPU.
+
+    TF32 is off by default, unlike onnxruntime's provider (use_tf32=1): TF32 convolutions and matrix products keep
+    10 bits of mantissa, errors of about 1e-4 to 1e-3, above the float32 tolerances the parity check with PyTorch
+    holds (gradient 5e-5, losses 2e-5), and L-BFGS's line search compares losses and gradients that would then no
+    longer agree to float32 precision. Chosen by that reasoning, not measured: no GPU has been lent yet;
+    `bash bench/gpu.sh` measures the parity error, the time per evaluation and the loss L-BFGS reaches with both.
+    """
+
+    tf32: bool = False
+    # onnxruntime's default. Each new shape is searched again, and every scale of a job is a new shape: the cost is
+    # the first (cold) evaluation per shape, which bench/gpu.sh records beside the warm ones for both searches.
+    conv_search: ConvSearch = "exhaustive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +44,7 @@ class Limits:
     max_evaluations: int = 5000  # per job
     max_styles: int = 8  # style images per request
     max_message_bytes: int = 64 * 1024 * 1024  # of a request
+    max_jobs_per_caller: int = 0  # running and queued jobs of one caller (its address) together; 0 = no limit
 
 
 # BENCHMARKS.md, "Large images": one tile's gradient run peaks at 1.59 GB in a fresh process with 256 px tiles (576 px
@@ -49,7 +70,15 @@ class ServerConfig:
     # Capture the device-placed Adam step as CUDA graphs (onnxruntime's enable_cuda_graph), one per scale and buffer
     # parity, in a session of the job's own; CUDA only. See graphs.LossGraphs for what is and is not captured.
     cuda_graphs: bool = False
+    cuda: CudaSettings = field(default_factory=CudaSettings)
     limits: Limits = field(default_factory=Limits)
+    # Jobs start only while their estimated peaks (memory.peak_bytes) fit, together, in this less what the server
+    # holds once its models are loaded; None = memory.default_max_memory (a share of the cgroup limit or of RAM).
+    max_memory_bytes: int | None = None
+    # Of one response message (a preview or the result), apart from --max-message-bytes, the request's limit. None =
+    # what the largest output the server allows (--max-side squared) may take encoded (codec.send_limit), so no
+    # result is ever computed that cannot be sent; set lower, jobs whose result could exceed it are refused.
+    max_response_bytes: int | None = None
     # Images whose longer side exceeds one tile with its halo (this + 2 x 160 px, TileGraphs.whole_max_side_px) are
     # evaluated exactly in tiles of this size, so memory follows the tile size, not the image's; 0 = whole images
     # only. A multiple of 16, the pooling grid.
@@ -62,8 +91,18 @@ class ServerConfig:
     http_port: int | None = None
     # Origins whose pages may call the HTTP port from a browser (CORS); empty = same-origin only (the page at /).
     http_allowed_origins: tuple[str, ...] = ()
+    # A stream whose one message has not been taken by its reader for this long is ended and its job cancelled: a
+    # client that stopped reading would otherwise hold a slot, its memory and its buffered events for ever. Long
+    # enough for a 50 MB result over a slow link.
+    stall_s: float = 300.0
+    # A job that waits this long in the queue ends RESOURCE_EXHAUSTED; one that runs this long is stopped and ends
+    # DEADLINE_EXCEEDED (a 4096 px job of 300 evaluations would otherwise run for days on a CPU). 0 = no limit.
+    max_queue_wait_s: float = 1800.0
+    max_job_s: float = 86400.0
+    keepalive_s: float = 60.0  # the server pings a connection quiet this long, and drops it if no answer in 20 s
+    max_connection_idle_s: float = 900.0  # a connection with no call for this long is closed (GOAWAY); 0 = never
     metrics_port: int | None = None  # Prometheus /metrics; None = not served, 0 = a free port
-    metrics_host: str | None = None  # None = the same address as the gRPC listener
+    metrics_host: str = "127.0.0.1"  # unauthenticated: loopback unless told otherwise (the container says 0.0.0.0)
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the listener speaks TLS only
     tls_key: Path | None = None  # PEM private key of tls_cert
     # Every call but health must carry `authorization: Bearer <token>`; None = no authentication. Kept out of

@@ -285,3 +285,38 @@ def test_sigterm_lets_a_short_job_finish(model_dir: Path) -> None:
         assert "shutting down with 1 running and 0 queued jobs" in draining, draining
         assert [kind for kind, _ in _events(call)][-1] == "result"
     assert server.process.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\xff\xff\xff",  # a tag with field number 0 after varint decoding: no message starts so
+        b"\x0a\x10abc",  # content_image (field 1, length-delimited) claims 16 bytes and has 3: truncated
+        b"\x0d\x00\x00",  # content_image as a 32-bit fixed value: the wrong wire type
+        b"\x22\x02\xff\xfe",  # model (field 4, a string) holding invalid UTF-8
+    ],
+)
+def test_malformed_request_bytes_are_invalid_argument_and_counted(
+    server: InProcessServer, stub: pb_grpc.StyleTransferServiceStub, data: bytes
+) -> None:
+    """Bytes that are no StylizeRequest get INVALID_ARGUMENT naming the problem (gRPC's own deserializer gave
+    UNKNOWN with a Python class name and logged a traceback), and the call is counted; the server keeps serving."""
+    before = server.outcomes()
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.unary_stream("/nst.v1.StyleTransferService/Stylize")(data, timeout=30)
+        with pytest.raises(grpc.RpcError) as error:
+            list(call)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value
+    assert (error.value.details() or "").startswith("request: not a valid StylizeRequest")
+    assert server.wait_outcomes(1, since=before) == {"InvalidRequest": 1}
+    assert "Traceback" not in server.log()
+    assert_serves(stub)
+
+
+def test_malformed_describe_model_bytes_are_invalid_argument(server: InProcessServer) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        describe = channel.unary_unary("/nst.v1.StyleTransferService/DescribeModel")
+        with pytest.raises(grpc.RpcError) as error:
+            describe(b"\xff\xff\xff\xff", timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value
+    assert (error.value.details() or "").startswith("request: not a valid DescribeModelRequest")

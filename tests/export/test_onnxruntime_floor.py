@@ -2,11 +2,12 @@
 
 All four files of a model directory (the plain and the circular-padding pair) are loaded and run.
 `pyproject.toml` allows `onnxruntime>=X` (the `server` and `export` extras) and `onnxruntime-gpu>=Y` (the `gpu`
-extra); the Dockerfile's `gpu` image pins `ONNXRUNTIME_GPU_VERSION`. Each of those oldest versions is installed
-into a throwaway virtualenv of its own (cached under `.cache/onnxruntime-floor/` in the repository), which loads
-both graphs with the CPU provider (the GPU wheel's CPU provider reads the same files its CUDA provider would), runs
-them, and must match this environment's onnxruntime. A wheel that cannot be installed (no network, no wheel for
-this Python) skips with pip's reason; anything after the install fails.
+extra); the GPU image and `bench/gpu.sh --wheelhouse` install the release written in
+`deploy/docker/onnxruntime-gpu.version`. Each of those oldest versions is installed into a throwaway virtualenv of
+its own (cached under `.cache/onnxruntime-floor/` in the repository), which loads both graphs with the CPU provider
+(the GPU wheel's CPU provider reads the same files its CUDA provider would), runs them, and must match this
+environment's onnxruntime. A wheel that cannot be installed (no network, no wheel for this Python) skips with pip's
+reason; anything after the install fails.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ import numpy as np
 import pytest
 from nst import manifest as mf
 from nst_export.onnx_graphs import MIN_ONNXRUNTIME
+from packaging.specifiers import SpecifierSet
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "onnxruntime-floor"
+# The one place the onnxruntime-gpu release of the GPU image and of `bench/gpu.sh --wheelhouse` is written.
+GPU_PIN_FILE = REPO / "deploy" / "docker" / "onnxruntime-gpu.version"
+GPU_PIN = GPU_PIN_FILE.read_text().strip()
 
 # Run by each onnxruntime: both graphs on a fixed image, every output saved. Uses numpy and onnxruntime only.
 SCRIPT = r"""
@@ -68,9 +73,7 @@ def _floors() -> list[tuple[str, str]]:
     for requirement in (r for group in extras.values() for r in group):
         if match := re.fullmatch(r"(onnxruntime(?:-gpu)?)>=([\d.]+)", requirement.replace(" ", "")):
             found.add((match[1], match[2]))
-    pin = re.search(r"^ARG ONNXRUNTIME_GPU_VERSION=([\d.]+)$", (REPO / "Dockerfile").read_text(), re.MULTILINE)
-    assert pin is not None, "the Dockerfile's gpu stage pins onnxruntime-gpu with ARG ONNXRUNTIME_GPU_VERSION"
-    found.add(("onnxruntime-gpu", pin[1]))
+    found.add(("onnxruntime-gpu", GPU_PIN))
     return sorted(found)
 
 
@@ -84,6 +87,22 @@ def test_the_floors_are_what_the_export_records() -> None:
     assert all(mf.release(version) >= mf.release(MIN_ONNXRUNTIME) for _, version in FLOORS)
     assert min(mf.release(v) for name, v in FLOORS if name == "onnxruntime") == mf.release(MIN_ONNXRUNTIME)
     assert min(mf.release(v) for name, v in FLOORS if name == "onnxruntime-gpu") == mf.release(MIN_ONNXRUNTIME)
+
+
+def test_the_gpu_pin_is_read_from_one_place() -> None:
+    """The Dockerfile and bench/gpu.sh read the pin from its file (no version of their own), and pyproject.toml's
+    gpu extra, which cannot read a file, allows it."""
+    assert re.fullmatch(r"\d+\.\d+\.\d+", GPU_PIN), GPU_PIN
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert '"onnxruntime-gpu[cuda,cudnn]==$(cat /run/pip-inputs/onnxruntime-gpu.version)"' in dockerfile
+    assert "source=deploy/docker,target=/run/pip-inputs" in dockerfile
+    assert GPU_PIN not in dockerfile
+    gpu_sh = (REPO / "bench" / "gpu.sh").read_text()
+    assert "deploy/docker/onnxruntime-gpu.version" in gpu_sh
+    assert GPU_PIN not in gpu_sh
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (floor,) = (r for r in extras["gpu"] if r.startswith("onnxruntime-gpu"))
+    assert SpecifierSet(floor.removeprefix("onnxruntime-gpu")).contains(GPU_PIN), (floor, GPU_PIN)
 
 
 def _venv(distribution: str, version: str) -> Path:

@@ -21,6 +21,7 @@ from nst_server.testing import ServerProcess, start_server
 from PIL import Image
 
 from tests.images import png
+from tests.node import installed_node_modules
 
 HERE = Path(__file__).resolve().parent
 SIDE, EVALUATIONS, SEED = 48, 6, 11
@@ -32,18 +33,7 @@ def _node_modules() -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     assert node, "node is a prerequisite of the test suite (see README): install Node.js 18 or newer"
     assert npm, "npm is a prerequisite of the test suite (see README): install it with Node.js"
-    modules = HERE / "node_modules"
-    marker = modules / ".package-lock.json"  # npm writes it on every install
-    if not marker.exists() or marker.stat().st_mtime < (HERE / "package-lock.json").stat().st_mtime:
-        done = subprocess.run(
-            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
-    return modules
+    return installed_node_modules(HERE, npm)
 
 
 @pytest.fixture(name="server", scope="module")

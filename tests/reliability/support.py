@@ -24,7 +24,8 @@ def report(name: str, figures: dict[str, object]) -> None:
 
 
 def wait_idle(server: ServerProcess, timeout_s: float = 30.0) -> None:
-    """Wait until the server reports no job running and none queued (its metrics); fail after ``timeout_s``.
+    """Wait until the server reports no job running, queued or still finishing (its metrics); fail after
+    ``timeout_s``.
 
     A job stops within one evaluation of its caller leaving, and its slot frees when its worker returns: a little
     after the caller has gone, so capacity is polled for rather than assumed.
@@ -32,6 +33,7 @@ def wait_idle(server: ServerProcess, timeout_s: float = 30.0) -> None:
 
     def idle() -> bool:
         samples = server.scrape()
-        return (samples[("nst_jobs_running", frozenset())], samples[("nst_jobs_queued", frozenset())]) == (0, 0)
+        names = ("nst_jobs_running", "nst_jobs_queued", "nst_jobs_held")
+        return all(samples[(name, frozenset())] == 0 for name in names)
 
     poll_until(idle, timeout_s, "capacity to return (no job running or queued)")

@@ -61,6 +61,13 @@ def _server(model_dir: Path) -> Iterator[InProcessServer]:
         yield server
 
 
+@pytest.fixture(autouse=True)
+def _idle(request: pytest.FixtureRequest) -> None:
+    """Each test on the shared one-slot server starts once the last test's job has freed the slot."""
+    if "server" in request.fixturenames:
+        _wait_idle(request.getfixturevalue("server"))
+
+
 @pytest.fixture(name="stub")
 def _stub(server: InProcessServer) -> Iterator[pb_grpc.StyleTransferServiceStub]:
     with grpc.insecure_channel(server.address) as channel:
@@ -69,6 +76,12 @@ def _stub(server: InProcessServer) -> Iterator[pb_grpc.StyleTransferServiceStub]
 
 def _connect_events(client: StyleTransferServiceClientSync, request: pb.StylizeRequest) -> list[tuple[str, object]]:
     return events(iter(client.stylize(request)))
+
+
+def _wait_idle(server: InProcessServer) -> None:
+    assert server.server is not None
+    admission = server.server.admission
+    poll_until(lambda: admission.running == 0, 30, "the last job's slot to free")
 
 
 def _without_timings(kind: str, event: object) -> tuple[str, object]:
@@ -98,6 +111,7 @@ def test_stylize_stream_equals_grpc(
     """The same job over the HTTP port gives gRPC's events in order, and byte-identical previews and result."""
     request = stylize_request(**SMALL_JOB)
     over_grpc = events(stub.Stylize(request, timeout=120))
+    _wait_idle(server)  # the only slot frees when the job's worker has ended, a moment after its Result
     if protocol == "connect-json":  # as curl sends it: the streaming envelope around JSON
         *messages, end = stylize_json(server.http_url, request)
         assert end == {}, end

@@ -22,8 +22,29 @@ def untiled_only(what: str, found: str, whole_max_side_px: int | None) -> Invali
     )
 
 
+class NonFiniteLoss(JobError):
+    """The loss (or the image it moved) stopped being a finite number: float32 overflowed, or a gradient was NaN.
+
+    With the codec's bounded weights no request is known to reach it; it ends the job naming the term and the
+    evaluation rather than return NaN losses or a black image marked OK.
+    """
+
+
 class Overloaded(JobError):
     """Every running slot and every queue place is taken."""
+
+
+class OverMemory(JobError):
+    """The job's estimated peak memory (``memory.peak_bytes``) is more than the server's whole budget: it could
+    never run, so it is refused at once rather than queued."""
+
+
+class QueueTimeout(JobError):
+    """The job waited the server's --max-queue-wait without getting a slot."""
+
+
+class JobTimeout(JobError):
+    """The job ran for the server's --max-job-duration and was stopped."""
 
 
 class ShuttingDown(JobError):

@@ -8,6 +8,7 @@ says the loss has stopped falling, and say in ``Outcome.reason`` why they stoppe
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from nst.events import Losses, StopReason
 
-from .errors import Cancelled
+from .errors import Cancelled, NonFiniteLoss
 from .evaluation import Evaluation, Evaluator, ShouldStop, never_stop
 
 Objective = Callable[[npt.NDArray[np.floating]], Evaluation]
@@ -191,6 +192,22 @@ ARMIJO = 1e-4  # sufficient decrease: f(x + t d) <= f(x) + ARMIJO * g.(step take
 MAX_BACKTRACKS = 10
 
 
+def check_finite(losses: Losses, evaluations: int) -> None:
+    """Stop the job, naming the term, once a loss is not a finite number: OK never carries NaN or inf.
+
+    Raises:
+        NonFiniteLoss: a term is NaN or infinite.
+    """
+    terms = {"total": losses.total, "content": losses.content, "style": losses.style, "tv": losses.tv}
+    bad = {name: value for name, value in terms.items() if not math.isfinite(value)}
+    if bad:
+        named = ", ".join(f"{name} {value}" for name, value in bad.items())
+        raise NonFiniteLoss(
+            f"the loss stopped being a finite number after {evaluations} evaluations ({named}): float32 overflowed; "
+            "lower content_weight, style_weight or tv_weight (or leave them at the model's defaults)"
+        )
+
+
 def projected_direction(
     pairs: _Pairs, x: npt.NDArray[np.float32], grad: npt.NDArray[np.float32], direction: npt.NDArray[np.float32]
 ) -> None:
@@ -232,7 +249,9 @@ def lbfgs(objective: Objective, run: Run, history: int, inverse_hessian_scale: f
         if run.should_stop():
             raise Cancelled("job cancelled")
         evaluations += 1
-        return objective(point)
+        evaluation = objective(point)
+        check_finite(_losses(evaluation), evaluations)
+        return evaluation
 
     current = evaluate(x)
     loss, losses = current.loss, _losses(current)
@@ -298,6 +317,7 @@ def adam(
             raise Cancelled("job cancelled")
         evaluation = objective(x)
         losses = _losses(evaluation)
+        check_finite(losses, step)
         run.on_step(Step(step, step, losses, _held(x)))
         if run.converged(losses.total):
             return Outcome(x, losses, step, step, StopReason.CONVERGED)

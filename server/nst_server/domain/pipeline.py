@@ -10,6 +10,7 @@ import numpy as np
 from nst.events import Event, Optimizer, Preview, Progress, Result, ScaleStarted, Started, Timings
 
 from . import colour, images, optimise, spatial
+from .errors import NonFiniteLoss
 from .evaluation import Evaluator, FloatArray, ShouldStop
 from .job import ColourPreservation, Init, Job
 from .model import LossModel
@@ -181,6 +182,8 @@ def stylize(
         if outcome.inverse_hessian_scale is not None and number < len(plans):
             carried = carry_inverse_hessian_scale(outcome.inverse_hessian_scale, size, plans[number].size)
         optimising_s += time.perf_counter() - optimising
+    if not np.isfinite(canvas).all():  # a NaN gradient moves pixels to NaN, which encode would make black
+        raise NonFiniteLoss(f"the image stopped being finite after {evaluations} evaluations (a NaN gradient)")
     image = images.encode(_presentable(job, scale.image(canvas), scale.content), options.output_format)
     finished = time.perf_counter()
     host_s = max(0.0, optimising_s - evaluating_s - stepping_s)

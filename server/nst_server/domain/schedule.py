@@ -2,8 +2,8 @@
 
 Gatys et al. optimise at one size; running coarse to fine (Gatys et al., "Controlling Perceptual Factors in Neural
 Style Transfer", CVPR 2017; Galerne et al.'s SPST, 2023) gives the large structures of the style room at a scale
-where they are cheap. Every place that names scales (the codec's limits, the pipeline's loop, the client's help)
-takes them from here.
+where they are cheap. The server's places that name scales (the codec's limits, the pipeline's loop) take them
+from here; the client, which never imports the server, names the caller's schedule as the proto documents it.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ SCALE_RATIO = math.sqrt(2)  # between the sizes of consecutive scales of a calle
 # `python -m bench.schedules` (BENCHMARKS.md, "Time to quality"):
 AUTO_RATIO = 2.0  # between consecutive scales
 AUTO_COARSEST_SIDE_PX = 128  # scales are added while the next coarser one keeps at least this longest side
-# Each coarser scale gets this many times the next one's evaluations. SPST gives the coarser scales more (600/200/66/
-# 30, a factor 3), but with L-BFGS and its curvature carried across scales the coarse scale is then over-budgeted: to
-# reach scipy L-BFGS-B's 200-evaluation loss at 256 px took 89.5 full-size equivalents at 3, 71.5 at 2, 59.5 at 1.5,
-# 47.0 at 1, 41.5 at 0.75, 70.0 at 0.5 and 125.8 at 0.25 (one scale: 200).
+# Each coarser scale gets this many times the next one's evaluations. SPST gives the coarser scales more (a factor
+# 3), but with L-BFGS and its curvature carried across scales the coarse scale is then over-budgeted; 0.75 reached
+# scipy's loss soonest of the factors tried (BENCHMARKS.md, "Time to quality", keeps the figures).
 AUTO_GROWTH = 0.75
 MIN_IMPROVEMENT_WINDOW = 10  # iterations over which min_improvement measures the relative decrease
 

@@ -15,7 +15,9 @@ Two questions, answered from the graph alone:
   needed. Shape and Size put their output in host memory, so integer arithmetic on shapes stays on the CPU;
   a host tensor read by a CUDA kernel anywhere but its host-memory inputs (a Reshape's shape, a Pad's pads, a
   Slice's bounds, axes) needs a MemcpyFromHost node, and then capture is refused. ``host_copies`` lists
-  those places.
+  those places. The exported graphs count elements with ConstantOfShape, whose shape input is a host input,
+  instead of Cast(Size(x)), whose Cast would read Size's host output (``nst_export.onnx_graphs._element_count``),
+  so they have none.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ CUDA_KERNELS: dict[str, list[tuple[int, int, frozenset[int]]]] = {
         (13, _LAST, _F),
     ],
     "Concat": [(4, 10, _ALL), (11, 12, _ALL), (13, _LAST, _ALL)],
+    "ConstantOfShape": [(9, _LAST, frozenset({TensorProto.INT64}))],  # typed on its shape input
     "Conv": [(1, 10, _F), (11, 21, _F), (22, _LAST, _F)],
     "DepthToSpace": [(1, 10, _F), (11, 12, _F), (13, _LAST, _F)],
     "Div": [(7, 12, _NUMERIC), (13, 13, _NUMERIC), (14, _LAST, _ALL)],
@@ -106,6 +109,7 @@ CUDA_KERNELS: dict[str, list[tuple[int, int, frozenset[int]]]] = {
 
 # Inputs that the CUDA kernels read from host memory (by index): shapes, bounds and axes.
 HOST_INPUTS: dict[str, frozenset[int]] = {
+    "ConstantOfShape": frozenset({0}),
     "Reshape": frozenset({1}),
     "Slice": frozenset({1, 2, 3, 4}),
     "Pad": frozenset({1, 3}),

@@ -36,23 +36,34 @@ from ..domain.optimise import (
     Run,
     Step,
     adam_schedule,
+    check_finite,
 )
 from . import step_graphs
 from .sessions import CUDA_PROVIDER, SessionEvaluator
 
+STEP_THREADS = 1  # per step session: the calling thread, no pool (StepGraphs says why)
 BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-8  # optimise.adam's defaults, the only ones the server uses
 
 
 class StepGraphs:
-    """The step graphs' sessions for one model's provider and threads, built on first use and shared by jobs.
+    """The step graphs' sessions for one model's provider, built on first use and shared by jobs.
 
-    L-BFGS's direction graph unrolls its two-loop recursion, so there is one per number of pairs in use.
+    L-BFGS's direction graph unrolls its two-loop recursion, so there is one per number of pairs in use: up to
+    MAX_LBFGS_HISTORY + 1 of them. Each runs on the calling thread alone (STEP_THREADS): with a pool of its own per
+    session, one job with 40 pairs took the process from 30 to 62 threads (one per core per session on a larger
+    machine). The steps are element-wise passes and dot products over the image, small beside an evaluation.
     """
 
     def __init__(
-        self, options: Callable[[], ort.SessionOptions], providers: list[str], cuda_graphs: bool = False
+        self,
+        options: Callable[[], ort.SessionOptions],
+        providers: list[str],
+        cuda_graphs: bool = False,
+        provider_options: list[dict[str, str]] | None = None,
     ) -> None:
+        """``provider_options``: one dict per provider, as InferenceSession takes them (sessions.provider_options)."""
         self._options, self._providers = options, providers
+        self._provider_options = provider_options or [{} for _ in providers]
         self.cuda_graphs = cuda_graphs and providers[0] == CUDA_PROVIDER
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
@@ -61,7 +72,9 @@ class StepGraphs:
         with self._lock:
             if key not in self._sessions:
                 model = build().SerializeToString()
-                self._sessions[key] = ort.InferenceSession(model, self._options(), providers=self._providers)
+                self._sessions[key] = ort.InferenceSession(
+                    model, self._session_options(), providers=self._providers, provider_options=self._provider_options
+                )
             return self._sessions[key]
 
     @property
@@ -82,9 +95,15 @@ class StepGraphs:
     def captured_adam(self) -> ort.InferenceSession:
         """An Adam step session of one job's own, with CUDA graph capture on: a captured session must not run
         for two jobs at once, and each graph replays the buffers it was captured with."""
-        providers: list[str | tuple[str, dict[str, str]]] = [(CUDA_PROVIDER, {"enable_cuda_graph": "1"})]
+        cuda_options = {**self._provider_options[self._providers.index(CUDA_PROVIDER)], "enable_cuda_graph": "1"}
+        providers: list[str | tuple[str, dict[str, str]]] = [(CUDA_PROVIDER, cuda_options)]
         model = step_graphs.adam_step().SerializeToString()
-        return ort.InferenceSession(model, self._options(), providers=providers)
+        return ort.InferenceSession(model, self._session_options(), providers=providers)
+
+    def _session_options(self) -> ort.SessionOptions:
+        options = self._options()
+        options.intra_op_num_threads = STEP_THREADS
+        return options
 
     def prepare(self, history: int) -> None:
         """Build every session a job with up to ``history`` pairs needs, so that no job waits for one (about
@@ -194,6 +213,7 @@ class DeviceOptimiser:
             if run.should_stop():
                 raise Cancelled("job cancelled")
             losses = self._evaluate(x[now], grad)
+            check_finite(losses, step)
             run.on_step(Step(step, step, losses, self._download(x[now])))
             if run.converged(losses.total):
                 return Outcome(self._download(x[now])(), losses, step, step, StopReason.CONVERGED)
@@ -220,7 +240,9 @@ class DeviceOptimiser:
             if run.should_stop():
                 raise Cancelled("job cancelled")
             evaluations += 1
-            return self._evaluate(point, state.grad_next)
+            losses = self._evaluate(point, state.grad_next)
+            check_finite(losses, evaluations)
+            return losses
 
         x, trial = self._upload(run.x0), self._image()
         losses = evaluate(x)

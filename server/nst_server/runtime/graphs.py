@@ -15,7 +15,7 @@ import onnxruntime as ort
 from nst import manifest as mf
 from nst.events import Optimizer
 
-from ..config import Device, Placement
+from ..config import CudaSettings, Device, Placement
 from ..domain.errors import untiled_only
 from ..domain.evaluation import Evaluator, FloatArray, ShouldStop, never_stop
 from ..domain.job import Options
@@ -29,6 +29,7 @@ from .sessions import (
     choose_providers,
     device_of,
     open_session,
+    provider_options,
     session_options,
 )
 from .tiles import TiledEvaluator, TileGraphs
@@ -63,6 +64,7 @@ class LossGraphs:
         tile_px: int = 0,
         placement: Placement = "auto",
         cuda_graphs: bool = False,
+        cuda: CudaSettings | None = None,
     ) -> None:
         """Load the graphs; with ``profile_dir``, the loss graph's runs are profiled (see ``end_profiling``).
 
@@ -70,10 +72,13 @@ class LossGraphs:
         the device the sessions run on (AUTO_PLACEMENT).
 
         ``cuda_graphs`` captures what can be captured as CUDA graphs: the device-placed Adam step, whose buffers
-        keep their addresses for a scale (``device_optimise``). Not the loss graphs: their Size->Cast nodes need a
-        copy from the host (``cuda_ops``); not L-BFGS's steps: their bindings rotate with the history and they
-        hand scalars to the host each run. Ignored, with a log line, where the sessions did not get CUDA or the
-        step runs on the host.
+        keep their addresses for a scale (``device_optimise``). Not the loss graphs yet: they have no host copy
+        left (``cuda_ops``), but capturing them is not written; not L-BFGS's steps: their bindings rotate with the
+        history and they hand scalars to the host each run. Ignored, with a log line, where the sessions did not
+        get CUDA or the step runs on the host.
+
+        ``cuda`` (default ``CudaSettings()``) becomes the CUDA provider's options of every session: loss, targets,
+        tiles and steps.
 
         With ``tile_px``, images whose longer side exceeds it are evaluated exactly in tiles of that many px
         (plus halo; ``nst_server.runtime.tiles``); 0 evaluates every image whole. Raises ValueError when the model
@@ -84,14 +89,18 @@ class LossGraphs:
             loss_options.enable_profiling = True
             loss_options.profile_file_prefix = str(profile_dir / "loss")
         providers = choose_providers(device, ort.get_available_providers())
+        options_by_provider = provider_options(providers, cuda or CudaSettings())
         if CUDA_PROVIDER in providers:
             # Load CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn] (the container's
             # way) before the provider needs them; libraries already on the loader's path are used otherwise.
             ort.preload_dlls()
         self.name = model_dir.name
         self._dir, self._threads, self._providers = model_dir, threads, providers
-        self._targets = open_session(model_dir / mf.TARGETS_FILE, session_options(threads), providers)
-        self._loss = open_session(model_dir / mf.LOSS_FILE, loss_options, providers)
+        self._provider_options = options_by_provider
+        self._targets = open_session(
+            model_dir / mf.TARGETS_FILE, session_options(threads), providers, options_by_provider
+        )
+        self._loss = open_session(model_dir / mf.LOSS_FILE, loss_options, providers, options_by_provider)
         self._circular: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
         self._circular_lock = threading.Lock()
         self.device = device_of(self._loss.get_providers(), device)
@@ -129,8 +138,13 @@ class LossGraphs:
         with self._steps_lock:
             if self._steps is None:
                 options = functools.partial(session_options, self._threads)
-                self._steps = StepGraphs(options, self._providers, self.cuda_graphs)
+                self._steps = StepGraphs(options, self._providers, self.cuda_graphs, self._provider_options)
             return self._steps
+
+    def prepare_circular(self) -> None:
+        """Load the circular-padding pair now (the server does at start-up), so that a model directory missing them
+        fails the start, not every tileable job later (INTERNAL while health said SERVING)."""
+        self._sessions(circular=True)
 
     def prepare_steps(self) -> None:
         """Build the step graphs' sessions the placements need (about 0.1 s each), so that no job waits for them."""
@@ -157,7 +171,9 @@ class LossGraphs:
             )
         if tile_px % align:
             raise ValueError(f"--tile-size {tile_px}: must be a multiple of {align} px (the pooling grid)")
-        forward, grad = (open_session(path, session_options(threads), providers) for path in files)
+        forward, grad = (
+            open_session(path, session_options(threads), providers, self._provider_options) for path in files
+        )
         return TileGraphs(forward, grad, self.manifest, tile_px)
 
     @property
@@ -205,13 +221,15 @@ class LossGraphs:
         self._targets.run(None, {mf.IMAGE_INPUT: tiny, mf.GUIDE_INPUT: guide}, options)
 
     def _sessions(self, circular: bool) -> tuple[ort.InferenceSession, ort.InferenceSession]:
-        """(targets, loss) sessions; the circular pair is loaded on the first tileable job, not before."""
+        """(targets, loss) sessions; the circular pair is loaded by ``prepare_circular`` or on first use."""
         if not circular:
             return self._targets, self._loss
         with self._circular_lock:
             if self._circular is None:
                 targets, loss = (
-                    open_session(self._dir / name, session_options(self._threads), self._providers)
+                    open_session(
+                        self._dir / name, session_options(self._threads), self._providers, self._provider_options
+                    )
                     for name in (mf.CIRCULAR_TARGETS_FILE, mf.CIRCULAR_LOSS_FILE)
                 )
                 self._circular = (targets, loss)

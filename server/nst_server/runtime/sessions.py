@@ -14,7 +14,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from nst import manifest as mf
 
-from ..config import Device
+from ..config import CudaSettings, Device
 from ..domain.evaluation import Evaluation, FloatArray
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -37,6 +37,16 @@ def choose_providers(device: Device, available: list[str]) -> list[str]:
             "onnxruntime-gpu instead of onnxruntime)"
         )
     return [CPU_PROVIDER]
+
+
+def cuda_provider_options(cuda: CudaSettings) -> dict[str, str]:
+    """The CUDA provider's options for ``cuda``, in onnxruntime's names and string values."""
+    return {"use_tf32": "1" if cuda.tf32 else "0", "cudnn_conv_algo_search": cuda.conv_search.upper()}
+
+
+def provider_options(providers: list[str], cuda: CudaSettings) -> list[dict[str, str]]:
+    """InferenceSession's ``provider_options`` for ``providers``: the CUDA provider's from ``cuda``, none for CPU."""
+    return [cuda_provider_options(cuda) if provider == CUDA_PROVIDER else {} for provider in providers]
 
 
 def device_of(session_providers: list[str], requested: Device) -> str:
@@ -160,11 +170,13 @@ def check_readable(path: Path, runtime_version: str = ort.__version__) -> mf.Mod
     return header
 
 
-def open_session(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+def open_session(
+    path: Path, options: ort.SessionOptions, providers: list[str], options_by_provider: list[dict[str, str]]
+) -> ort.InferenceSession:
     """An InferenceSession of ``path``, after ``check_readable``; onnxruntime's own refusal says what the file is."""
     header = check_readable(path)
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(str(path), options, providers=providers, provider_options=options_by_provider)
     except Exception as error:  # onnxruntime's load errors have their own types (Fail, InvalidGraph, ...)
         if "IR version" not in str(error) and "opset" not in str(error).lower():
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ MISSING = (
     "(nst: --token-file or $NST_TOKEN)"
 )
 WRONG = "wrong bearer token"
+
+
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 class AccessError(ValueError):
@@ -98,12 +102,43 @@ def _authorization(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str 
     return None
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses every call without the right bearer token with UNAUTHENTICATED, except to ``open_services``."""
+class Throttle:
+    """At most one log line per ``interval_s``: a caller that repeats a refused call cannot fill the log."""
 
-    def __init__(self, token: str, open_services: frozenset[str] = OPEN_SERVICES) -> None:
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._next = float("-inf")
+        self._suppressed = 0
+
+    def allow(self) -> int | None:
+        """None to stay silent now; else how many lines were held back since the last one (to say so)."""
+        now = self._clock()
+        if now < self._next:
+            self._suppressed += 1
+            return None
+        self._next = now + self._interval_s
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
+def log_refusal(throttle: Throttle, method: str, client: str | None, message: str) -> None:
+    """One WARNING for a refused call, unless ``throttle`` says a line went out too recently; every protocol's."""
+    suppressed = throttle.allow()
+    if suppressed is not None:
+        more = f" ({suppressed} more refused since the last such line)" if suppressed else ""
+        log.warning("refused %s from %s: %s%s", method, client, message.split(":")[0], more)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every call without the right bearer token with UNAUTHENTICATED, except to ``open_services``; logs
+    the refusals at most once per REFUSAL_LOG_INTERVAL_S, with a count of those it did not log."""
+
+    def __init__(self, token: str, open_services: frozenset[str] = OPEN_SERVICES, throttle: Throttle | None = None,
+                 ) -> None:  # fmt: skip
         self._token = token
         self._open = open_services
+        self._throttle = throttle or Throttle()
 
     async def intercept_service(
         self,
@@ -115,14 +150,16 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.split("/")[1] in self._open:
             return handler  # unknown methods stay UNIMPLEMENTED
         message = refusal(self._token, _authorization(handler_call_details.invocation_metadata))
-        return handler if message is None else _refusal(handler, method, message)
+        return handler if message is None else _refusal(handler, method, message, self._throttle)
 
 
-def _refusal(handler: grpc.RpcMethodHandler[Any, Any], method: str, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _refusal(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, message: str, throttle: Throttle
+) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that only aborts; the request is left undeserialised."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        log.warning("refused %s from %s: %s", method, context.peer(), message.split(":")[0])
+        log_refusal(throttle, method, context.peer(), message)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     factories: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
@@ -15,10 +15,11 @@ from nst.manifest import LossWeights, Manifest
 from nst.v1 import style_transfer_pb2 as pb
 
 from ..config import ServerConfig
-from ..domain import images, spatial
+from ..domain import images, memory, spatial
 from ..domain.errors import InvalidRequest, untiled_only
 from ..domain.evaluation import FloatArray
 from ..domain.job import ColourPreservation, Init, Job, Options, Style, default_init
+from ..domain.memory import JobPlan
 from ..domain.model import LossModel
 from ..domain.schedule import scale_sizes
 
@@ -62,6 +63,9 @@ _STOP_REASON_TO_PB = {
 MAX_LBFGS_HISTORY = 100
 MAX_SCALES = 8
 MAX_STYLE_SCALE = 4.0
+# Of any loss, blend or layer weight. The defaults are about 1 to 1e6; a float32 loss of squared differences of
+# unit-scale features times 1e12 stays far below float32's 3e38, and so do its gradients.
+MAX_WEIGHT = 1e12
 
 
 def _enum(field: str, value: int, table: dict[int, T], wrapper: EnumTypeWrapper) -> T:
@@ -71,14 +75,15 @@ def _enum(field: str, value: int, table: dict[int, T], wrapper: EnumTypeWrapper)
     return table[value]
 
 
-def _non_negative(field: str, value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise InvalidRequest(f"{field}: {value} is not allowed; expected a finite number >= 0")
+def _bounded_weight(field: str, value: float) -> float:
+    """A weight in [0, MAX_WEIGHT]: beyond it float32 losses overflow (1e300 gave NaN losses and a black image)."""
+    if not math.isfinite(value) or not 0 <= value <= MAX_WEIGHT:
+        raise InvalidRequest(f"{field}: {value} is not allowed; expected a finite number from 0 to {MAX_WEIGHT:g}")
     return value
 
 
 def _weight(field: str, options: pb.StylizeOptions, default: float) -> float:
-    return _non_negative(f"options.{field}", getattr(options, field)) if options.HasField(field) else default
+    return _bounded_weight(f"options.{field}", getattr(options, field)) if options.HasField(field) else default
 
 
 def _min_improvement(options: pb.StylizeOptions) -> float:
@@ -107,7 +112,7 @@ def _layers(field: str, names: Sequence[str], exported: tuple[str, ...]) -> tupl
 
 
 def _style_layer_weights(options: pb.StylizeOptions, style_layers: tuple[str, ...]) -> tuple[float, ...]:
-    weights = tuple(_non_negative("options.style_layer_weights", w) for w in options.style_layer_weights)
+    weights = tuple(_bounded_weight("options.style_layer_weights", w) for w in options.style_layer_weights)
     if weights and len(weights) != len(style_layers):
         raise InvalidRequest(
             f"options.style_layer_weights: {len(weights)} given for {len(style_layers)} style layers "
@@ -180,14 +185,17 @@ def _check_side(field: str, size: tuple[int, int], why: str) -> None:
         )
 
 
+def _content_size(width: int, height: int, options: Options) -> tuple[int, int]:
+    """The output's size for a content image of ``width`` x ``height``: its longest side at max_side_px."""
+    size = images.size_for_longest_side(width, height, options.max_side_px)
+    _check_side("content_image", size, f"{width}x{height} at max_side_px {options.max_side_px}")
+    return size
+
+
 def _content(request: pb.StylizeRequest, options: Options, config: ServerConfig) -> FloatArray:
     """The decoded content image at max_side_px: its size is the output's."""
-    if request.options.width_px or request.options.height_px:
-        raise InvalidRequest("options.width_px/height_px: only for texture synthesis; the content image sets the size")
     decoded = images.decode(request.content_image, "content_image", config.limits.max_pixels)
-    size = images.size_for_longest_side(*decoded.size, options.max_side_px)
-    _check_side("content_image", size, f"{decoded.width}x{decoded.height} at max_side_px {options.max_side_px}")
-    return images.to_array(decoded, size)
+    return images.to_array(decoded, _content_size(*decoded.size, options))
 
 
 def _texture_size(request: pb.StylizeRequest, options: Options, config: ServerConfig) -> tuple[int, int]:
@@ -211,20 +219,32 @@ def _check_init(request: pb.StylizeRequest, options: Options) -> None:
         raise InvalidRequest("options.colour_preservation: keeps the content image's colours; this request has none")
 
 
-def _style(style: pb.StyleImage, index: int, output_side: int, config: ServerConfig) -> Style:
-    """A decoded style at ``scale`` times the output's longest side, with its blend weight."""
+def _style_size(
+    style: pb.StyleImage, index: int, output_side: int, config: ServerConfig
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A style's size as encoded and its working size, ``scale`` times the output's longest side, from its header;
+    its fields checked."""
     field = f"style_images[{index}]"
-    weight = _non_negative(f"{field}.blend_weight", style.blend_weight) if style.HasField("blend_weight") else 1.0
+    if style.HasField("blend_weight"):
+        _bounded_weight(f"{field}.blend_weight", style.blend_weight)
     scale = style.scale if style.HasField("scale") else 1.0
     if not math.isfinite(scale) or not 0 < scale <= MAX_STYLE_SCALE:
         raise InvalidRequest(f"{field}.scale: {scale} is not allowed; expected 0 < scale <= {MAX_STYLE_SCALE:g}")
-    decoded = images.decode(style.image, f"{field}.image", config.limits.max_pixels)
-    size = images.size_for_longest_side(*decoded.size, max(1, round(output_side * scale)))
+    width, height = images.probe(style.image, f"{field}.image", config.limits.max_pixels)
+    size = images.size_for_longest_side(width, height, max(1, round(output_side * scale)))
     if size[0] * size[1] > config.limits.max_pixels:
         raise InvalidRequest(
             f"{field}.scale: {scale:g} makes the style {size[0]}x{size[1]}, over {config.limits.max_pixels} pixels"
         )
-    return Style(images.to_array(decoded, size), weight)
+    return (width, height), size
+
+
+def _style(style: pb.StyleImage, index: int, planned: tuple[int, int], config: ServerConfig) -> Style:
+    """A decoded style at its planned working size (its longest side; EXIF may have turned it), with its blend
+    weight."""
+    weight = style.blend_weight if style.HasField("blend_weight") else 1.0
+    decoded = images.decode(style.image, f"style_images[{index}].image", config.limits.max_pixels)
+    return Style(images.to_array(decoded, images.size_for_longest_side(*decoded.size, max(planned))), weight)
 
 
 def _mask(data: bytes, field: str, fits: tuple[int, int], what: str, config: ServerConfig) -> FloatArray:
@@ -298,36 +318,77 @@ def _check_overlap(styles: tuple[Style, ...], content_only: FloatArray | None) -
         )
 
 
-def _check_untiled(job: Job, model: LossModel) -> None:
-    """Masks and tileable output need whole-image graphs: refuse, before the job starts, what the server would
+def _check_untiled(plan: JobPlan, tileable: bool) -> None:
+    """Masks and tileable output need whole-image graphs: refuse, before anything is decoded, what the server would
     evaluate in tiles. Regions and tileable need the output whole; a source mask, or tileable, needs that style whole
     (a masked job's styles without source masks may be larger: their plain targets are taken in tiles)."""
-    limit, tileable, regions = model.whole_max_side_px, job.options.tileable, spatial.has_regions(job)
+    limit, regions = plan.whole_max_side_px, plan.output_masks > 0
     if limit is None:
         return
-    checks = [("masks" if regions else "options.tileable", "output", job.size)] if regions or tileable else []
-    for index, style in enumerate(job.styles):
-        if style.source_mask is not None or tileable:
-            what = f"style_images[{index}].source_mask" if style.source_mask is not None else "options.tileable"
-            checks.append((what, f"style_images[{index}]", (style.image.shape[3], style.image.shape[2])))
+    checks = [("masks" if regions else "options.tileable", "output", plan.output)] if regions or tileable else []
+    for index, (size, source_masked) in enumerate(zip(plan.styles, plan.source_masked, strict=True)):
+        if source_masked or tileable:
+            what = f"style_images[{index}].source_mask" if source_masked else "options.tileable"
+            checks.append((what, f"style_images[{index}]", size))
     for what, name, (width, height) in checks:
         if max(width, height) > limit:
             raise untiled_only(what, f"{name} is {width}x{height}", limit)
 
 
-def _check_scales(job: Job) -> None:
+def _check_scales(size: tuple[int, int], style_sizes: Sequence[tuple[int, int]], options: Options) -> None:
     """Every image of the coarsest scale must still be 32 px on its short side (relu5_1 needs four poolings)."""
     # The server's own schedule (scales unset) adds scales only while every image stays large enough: here its
     # coarsest scale is checked as the output size itself.
-    scales = job.options.scales or 1
-    _check_side("options.scales", scale_sizes(job.size, scales)[0], f"the coarsest of {scales} scales")
-    for index, style in enumerate(job.styles):
-        style_size = scale_sizes((style.image.shape[3], style.image.shape[2]), scales)[0]
-        _check_side(f"style_images[{index}]", style_size, "at the coarsest scale, after its scale")
+    scales = options.scales or 1
+    _check_side("options.scales", scale_sizes(size, scales)[0], f"the coarsest of {scales} scales")
+    for index, style_size in enumerate(style_sizes):
+        _check_side(
+            f"style_images[{index}]", scale_sizes(style_size, scales)[0], "at the coarsest scale, after its scale"
+        )
 
 
-def job_from_request(request: pb.StylizeRequest, job_id: str, models: Sequence[LossModel], config: ServerConfig) -> Job:
-    """Decode and validate everything a job needs; raises InvalidRequest naming the first problem."""
+@dataclass(frozen=True, slots=True)
+class PlannedJob:
+    """A request checked as far as it can be without decoding: its model, options, sizes and memory plan."""
+
+    model: LossModel
+    options: Options
+    plan: JobPlan
+
+    @property
+    def peak_bytes(self) -> int:
+        return memory.peak_bytes(self.plan)
+
+
+RESPONSE_OVERHEAD_BYTES = 64 * 1024  # a Result's other fields and protobuf's framing, with room to spare
+
+
+def send_limit(config: ServerConfig) -> int:
+    """The largest response message the server sends: --max-response-bytes, or by default what the largest output
+    it allows may take encoded (``images.max_encoded_bytes``)."""
+    if config.max_response_bytes is not None:
+        return config.max_response_bytes
+    side = config.limits.max_side_px
+    return images.max_encoded_bytes((side, side)) + RESPONSE_OVERHEAD_BYTES
+
+
+def _check_sendable(size: tuple[int, int], config: ServerConfig) -> None:
+    """A result (or preview) that could not be sent is refused before the job starts, not found after computing it."""
+    needed, limit = images.max_encoded_bytes(size) + RESPONSE_OVERHEAD_BYTES, send_limit(config)
+    if needed > limit:
+        raise InvalidRequest(
+            f"options.max_side_px: a {size[0]}x{size[1]} result may take up to {needed} bytes encoded, more than "
+            f"this server sends in one message (--max-response-bytes {limit}); ask for a smaller size"
+        )
+
+
+def plan_request(request: pb.StylizeRequest, models: Sequence[LossModel], config: ServerConfig) -> PlannedJob:
+    """Everything that needs no decoding checked, cheapest first (counts, options, each image's header and its
+    pixel limit, working sizes, scales, untiled-only features), and the job's plan for its memory estimate.
+
+    Raises:
+        InvalidRequest: naming the first problem found.
+    """
     model = pick_model(request.model, models)
     if not request.content_image and not request.style_images:
         raise InvalidRequest("content_image, style_images: both empty; give a content image, a style image or both")
@@ -338,11 +399,67 @@ def job_from_request(request: pb.StylizeRequest, job_id: str, models: Sequence[L
     has_content, has_style = bool(request.content_image), bool(request.style_images)
     options = options_from_pb(request.options, config, model.manifest, has_content, has_style)
     _check_init(request, options)
-    content = _content(request, options, config) if has_content else None
-    size = (content.shape[3], content.shape[2]) if content is not None else _texture_size(request, options, config)
-    styles = tuple(_style(style, index, max(size), config) for index, style in enumerate(request.style_images))
-    if styles and sum(style.blend_weight for style in styles) <= 0:
+    sources: list[tuple[int, int]] = []
+    if has_content:
+        if request.options.width_px or request.options.height_px:
+            raise InvalidRequest(
+                "options.width_px/height_px: only for texture synthesis; the content image sets the size"
+            )
+        sources.append(images.probe(request.content_image, "content_image", config.limits.max_pixels))
+        size = _content_size(*sources[-1], options)
+    else:
+        size = _texture_size(request, options, config)
+    style_sources = [_style_size(style, index, max(size), config) for index, style in enumerate(request.style_images)]
+    sources += [source for source, _ in style_sources]
+    style_sizes = [working for _, working in style_sources]
+    if style_sizes and not any(
+        (style.blend_weight if style.HasField("blend_weight") else 1.0) > 0 for style in request.style_images
+    ):
         raise InvalidRequest("style_images[].blend_weight: all are 0; at least one must be positive")
+    if options.init is Init.IMAGE:
+        sources.append(images.probe(request.options.init_image, "options.init_image", config.limits.max_pixels))
+    working = [size, *style_sizes]
+    plan = JobPlan(
+        output=size,
+        styles=tuple(style_sizes),
+        has_content=has_content,
+        has_init_image=options.init is Init.IMAGE,
+        output_masks=sum(bool(style.mask) for style in request.style_images) + bool(request.options.content_only_mask),
+        source_masked=tuple(bool(style.source_mask) for style in request.style_images),
+        largest_source_px=max(width * height for width, height in sources) if sources else 0,
+        largest_working_px=max(width * height for width, height in working),
+        optimizer=options.optimizer,
+        lbfgs_history=options.lbfgs_history,
+        previews=options.preview_every > 0,
+        colour_preservation=options.colour_preservation is not ColourPreservation.NONE,
+        content_layers=model.manifest.content_layers,
+        style_layers=model.manifest.style_layers,
+        whole_max_side_px=model.whole_max_side_px,
+        request_bytes=request.ByteSize(),
+    )
+    _check_scales(size, style_sizes, options)
+    _check_untiled(plan, options.tileable)
+    _check_sendable(size, config)
+    return PlannedJob(model, options, plan)
+
+
+def job_from_request(
+    request: pb.StylizeRequest,
+    job_id: str,
+    models: Sequence[LossModel],
+    config: ServerConfig,
+    planned: PlannedJob | None = None,
+) -> Job:
+    """Decode and validate everything a job needs (``plan_request``'s checks first, unless ``planned`` is its
+    result for this request); raises InvalidRequest naming the first problem."""
+    planned = planned or plan_request(request, models, config)
+    options, plan = planned.options, planned.plan
+    content = _content(request, options, config) if plan.has_content else None
+    size = (content.shape[3], content.shape[2]) if content is not None else plan.output
+    styles = tuple(
+        _style(style, index, planned_size, config)
+        for index, (style, planned_size) in enumerate(zip(request.style_images, plan.styles, strict=True))
+    )
     init_image = None
     if options.init is Init.IMAGE:
         decoded = images.decode(request.options.init_image, "options.init_image", config.limits.max_pixels)
@@ -350,10 +467,7 @@ def job_from_request(request: pb.StylizeRequest, job_id: str, models: Sequence[L
     styles = _style_masks(request, styles, size, config)
     content_only = _content_only(request, size, config)
     _check_overlap(styles, content_only)
-    job = Job(job_id, model.name, size, content, styles, options, init_image, content_only)
-    _check_scales(job)
-    _check_untiled(job, model)
-    return job
+    return Job(job_id, planned.model.name, size, content, styles, options, init_image, content_only)
 
 
 def _losses(losses: events.Losses) -> pb.Losses:

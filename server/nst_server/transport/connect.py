@@ -31,7 +31,7 @@ from nst.v1.style_transfer_connect import StyleTransferServiceASGIApplication
 from ..config import ServerConfig
 from ..domain.errors import JobError
 from . import auth
-from .servicer import StyleTransferServicer, status_of
+from .servicer import StyleTransferServicer, caller_of, status_of
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ class ConnectService:
         protocol = protocol_of(ctx.request_headers.get("content-type", ""))
         try:
             # aclosing: a caller who disconnects cancels or closes this generator, and the job's must close with it.
-            async with contextlib.aclosing(self._servicer.stylize(request, protocol)) as responses:
+            caller = caller_of(ctx.client_address)
+            async with contextlib.aclosing(self._servicer.stylize(request, protocol, caller)) as responses:
                 async for response in responses:
                     yield response
         except JobError as error:
@@ -126,11 +127,12 @@ class TokenCheck:
 
     def __init__(self, token: str) -> None:
         self._token = token
+        self._throttle = auth.Throttle()
 
     async def on_start(self, ctx: RequestContext[Any, Any]) -> None:
         message = auth.refusal(self._token, ctx.request_headers.get("authorization"))
         if message is not None:
-            log.warning("refused %s from %s: %s", ctx.method.name, ctx.client_address, message.split(":")[0])
+            auth.log_refusal(self._throttle, ctx.method.name, ctx.client_address, message)
             raise ConnectError(Code.UNAUTHENTICATED, message)
 
     async def on_end(self, token: None, ctx: RequestContext[Any, Any], error: Exception | None, /) -> None:

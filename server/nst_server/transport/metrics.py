@@ -6,12 +6,15 @@ series and two servers in one process (tests) do not collide.
 
 from __future__ import annotations
 
+import socketserver
+import threading
 from collections.abc import Iterator, Sequence
-from wsgiref.simple_server import WSGIServer
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from nst.events import Event, Progress
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -21,6 +24,8 @@ from .admission import Admission
 
 # From a small image on a GPU (milliseconds) to a large one on a CPU (seconds per iteration, many minutes a job).
 ITERATION_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+METRICS_CONNECTIONS = 8  # served at once; a scrape takes milliseconds
+METRICS_TIMEOUT_S = 5.0  # for a connection to send its request
 JOB_BUCKETS = (0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
 
 
@@ -44,6 +49,20 @@ class _StateCollector(Collector):
             "nst_jobs_max_running", "The --max-concurrent limit.", value=self._admission.max_running
         )
         yield GaugeMetricFamily("nst_jobs_max_queued", "The --max-queue limit.", value=self._admission.max_queued)
+        yield GaugeMetricFamily(
+            "nst_jobs_held",
+            "Jobs holding memory: running, or still finishing an evaluation or a decode after their caller left.",
+            value=self._admission.held,
+        )
+        yield GaugeMetricFamily(
+            "nst_memory_reserved_bytes", "Estimated peak memory of the jobs held.", value=self._admission.reserved_bytes
+        )
+        if self._admission.memory_budget is not None:
+            yield GaugeMetricFamily(
+                "nst_memory_budget_bytes",
+                "What jobs may reserve together: --max-memory less the server's own resident memory at start.",
+                value=self._admission.memory_budget,
+            )
         device = InfoMetricFamily("nst_device", "The device each loaded model runs on.", labels=["model"])
         for model in self._models:
             device.add_metric([model.name], {"device": model.device})
@@ -71,6 +90,40 @@ class JobRecorder:
         """Count the job's ending and time it from request to last response."""
         self._metrics.finished.labels(outcome=outcome, code=code.name, protocol=self._protocol).inc()
         self._metrics.job_seconds.labels(outcome=outcome).observe(seconds)
+
+
+class _BoundedServer(socketserver.ThreadingMixIn, WSGIServer):
+    """prometheus_client's threaded server, bounded: at most METRICS_CONNECTIONS connections are served at once
+    (more are closed at once), and each gets METRICS_TIMEOUT_S to send its request. Unbounded, every idle socket
+    held a thread (200 sockets, +200 threads)."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        request.settimeout(METRICS_TIMEOUT_S)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 class Metrics:
@@ -113,9 +166,10 @@ class Metrics:
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on ``host:port`` (0 picks a free port) from a daemon thread; returns the port."""
         try:
-            self._http, _ = start_http_server(port, host.strip("[]"), registry=self.registry)
+            self._http = make_server(host.strip("[]"), port, make_wsgi_app(self.registry), _BoundedServer, _Quiet)
         except OSError as error:
             raise OSError(f"cannot serve metrics on {host}:{port}: {error.strerror or error}") from error
+        threading.Thread(target=self._http.serve_forever, name="metrics", daemon=True).start()
         return self._http.server_port
 
     def close(self) -> None:

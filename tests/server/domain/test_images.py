@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from nst.events import ImageFormat
 from nst_server.domain.errors import InvalidRequest
-from nst_server.domain.images import decode, encode, size_for_longest_side, to_array
+from nst_server.domain.images import decode, encode, max_encoded_bytes, size_for_longest_side, to_array
 from PIL import Image
 
-from tests.images import encoded, picture, png_claiming_size
+from tests.images import encoded, picture, png_claiming_size, png_with_chunk
 
 LIMIT = 4096 * 4096
 
@@ -99,3 +99,39 @@ def test_encode_round_trips(image_format: ImageFormat) -> None:
     back = to_array(decoded.convert("RGB"), (48, 32))
     tolerance = 0.5 / 255 if image_format is ImageFormat.PNG else 0.08
     assert np.abs(back - array).mean() <= tolerance
+
+
+def test_garbage_exif_in_a_png_is_invalid_argument() -> None:
+    """A PNG whose eXIf chunk (valid CRC) holds garbage: InvalidRequest naming the field, not an escaping Pillow
+    error (which the servicer turned into INTERNAL): exif_transpose runs under the same guard as Image.open."""
+    with pytest.raises(InvalidRequest, match="content_image: not a decodable image"):
+        _decoded(png_with_chunk(b"eXIf", b"garbage that is no TIFF header"))
+
+
+def test_a_float_image_is_read_as_zero_to_one() -> None:
+    """A float TIFF in [0, 1] keeps its brightness (0.5 is about 128), rather than decoding almost black."""
+    source = Image.fromarray(np.full((32, 32), 0.5, np.float32), "F")
+    rv = np.asarray(_decoded(encoded(source, "TIFF")))
+    assert np.all(np.abs(rv.astype(int) - 128) <= 1)
+
+
+def test_a_float_image_with_nan_is_refused() -> None:
+    source = Image.fromarray(np.full((32, 32), np.nan, np.float32), "F")
+    with pytest.raises(InvalidRequest, match="NaN or infinite"):
+        _decoded(encoded(source, "TIFF"))
+
+
+def test_thirty_two_bit_integers_beyond_sixteen_bits_are_refused() -> None:
+    """A 32-bit integer TIFF using more than 16 bits has no one reading: refused, naming its range."""
+    source = Image.fromarray(np.full((32, 32), 1 << 20, np.int32), "I")
+    with pytest.raises(InvalidRequest, match="32-bit integer samples"):
+        _decoded(encoded(source, "TIFF"))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (640, 480), (1000, 7)])
+def test_the_encoded_bound_holds_for_noise_in_every_format(size: tuple[int, int]) -> None:
+    """max_encoded_bytes is above what encode makes of noise, the worst case, in PNG, JPEG and WebP: the send limit
+    and the refusal of results that could not be sent rest on it."""
+    noise = np.random.default_rng(0).random((1, 3, size[1], size[0]), dtype=np.float32)
+    for image_format in ImageFormat:
+        assert len(encode(noise, image_format)) <= max_encoded_bytes(size)

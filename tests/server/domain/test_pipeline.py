@@ -15,7 +15,7 @@ import pytest
 from nst.events import Event, ImageFormat, Optimizer, Preview, Progress, Result, ScaleStarted, Started
 from nst.manifest import LossWeights, Manifest, content_target_name, gram_target_name
 from nst_server.domain import optimise, pipeline
-from nst_server.domain.errors import Cancelled
+from nst_server.domain.errors import Cancelled, NonFiniteLoss
 from nst_server.domain.evaluation import Evaluation, FloatArray, ShouldStop
 from nst_server.domain.job import Init, Job, Options, Style
 from nst_server.domain.model import Regions, Targets
@@ -272,3 +272,29 @@ def test_the_content_only_region_comes_back_as_the_photo() -> None:
     preview = next(e for e in events if isinstance(e, Preview))
     shown = np.asarray(Image.open(io.BytesIO(preview.image)), np.float32).transpose(2, 0, 1) / 255
     np.testing.assert_allclose(shown[..., :16], job.content[0, :, :, :16], atol=0.5 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize("optimizer", [Optimizer.ADAM, Optimizer.LBFGS])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_loss_stops_the_job_naming_it(optimizer: Optimizer, bad: float) -> None:
+    """An evaluator whose loss turns non-finite after two evaluations (what an overflowing weight did): the job ends
+    with NonFiniteLoss naming the term, never a Result with NaN losses."""
+
+    @dataclass
+    class _Overflowing(_Evaluator):
+        def __call__(self, image: npt.NDArray[np.floating]) -> Evaluation:
+            good = super().__call__(image)
+            if len(self.calls) <= 3:  # the warm-up and two evaluations
+                return good
+            return Evaluation(bad, good.content, bad, good.tv, np.full_like(good.grad, bad))
+
+    class _Model2(_Model):
+        def evaluator(self, shape: tuple[int, int], *args: object, **kwargs: object) -> _Evaluator:  # type: ignore[override]
+            self.evaluators.append(_Overflowing(shape))
+            return self.evaluators[-1]
+
+    events: list[Event] = []
+    with pytest.raises(NonFiniteLoss, match=rf"style {bad}.*lower content_weight, style_weight or tv_weight"):
+        pipeline.stylize(_job(optimizer=optimizer, max_evaluations=20), _Model2(), events.append, lambda: False)  # type: ignore[arg-type]
+    assert not any(isinstance(event, Result) for event in events)
+    assert all(np.isfinite(event.losses.total) for event in events if isinstance(event, Progress))

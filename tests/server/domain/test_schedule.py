@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from nst.events import Result, ScaleStarted, StopReason
 from nst_server.domain import images, optimise, pipeline
+from nst_server.domain import schedule as schedule_module
 from nst_server.domain.job import Job, Options, Style
 from nst_server.domain.schedule import (
     AUTO_GROWTH,
@@ -150,7 +151,7 @@ def test_server_schedule_runs_its_plan_and_counts_both_ways(
 ) -> None:
     """With the coarsest side lowered to 48 px, a 96 px job runs 2 scales as planned; Result counts every
     evaluation and their full-size equivalents, within max_evaluations."""
-    monkeypatch.setattr(pipeline, "AUTO_COARSEST_SIDE_PX", 48)
+    monkeypatch.setattr(schedule_module, "AUTO_COARSEST_SIDE_PX", 48)
     result, events = _run(graphs, _job((96, 72), max_evaluations=6))
     scales = [event for event in events if isinstance(event, ScaleStarted)]
     # 6 = last * (1 + AUTO_GROWTH / 4): the coarse scale gets floor(0.75 * 5.05) = 3, the last what is left, 5

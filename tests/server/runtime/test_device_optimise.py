@@ -10,6 +10,7 @@ envelope (the same start moved by one ulp), with the same evaluations and stop r
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +26,9 @@ from nst_server.domain.errors import Cancelled
 from nst_server.domain.evaluation import FloatArray
 from nst_server.domain.job import Job, Options, Style
 from nst_server.runtime import step_graphs
-from nst_server.runtime.device_optimise import DeviceOptimiser
+from nst_server.runtime.device_optimise import DeviceOptimiser, StepGraphs
 from nst_server.runtime.graphs import AUTO_PLACEMENT, LossGraphs
-from nst_server.runtime.sessions import SessionEvaluator
+from nst_server.runtime.sessions import SessionEvaluator, session_options
 from nst_server.testing import config_from_flags, load_model
 
 ITERATIONS = 50
@@ -303,3 +304,17 @@ def test_cuda_graphs_are_refused_on_cpu_and_ignored_without_cuda(
         graphs = LossGraphs(model_dir, "auto", placement="device", cuda_graphs=True)
     assert not graphs.cuda_graphs
     assert "--cuda-graphs ignored: the sessions run on the CPU" in caplog.text
+
+
+def _os_threads() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
+
+
+def test_step_sessions_add_no_threads() -> None:
+    """Every step session a 40-pair L-BFGS job needs (44 of them) runs on its caller's thread: building them all adds
+    no pool threads (a pool per session took a server from 30 to 62 threads after one such job)."""
+    before = _os_threads()
+    steps = StepGraphs(functools.partial(session_options, 0), ["CPUExecutionProvider"])
+    steps.prepare(40)
+    assert _os_threads() - before <= 2, "step sessions started threads of their own"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nst_server.app import load_models
+from nst_server.config import ServerConfig
 from nst_server.runtime.graphs import LossGraphs
 from nst_server.runtime.sessions import (
     CPU_PROVIDER,
@@ -109,3 +111,17 @@ def test_release_memory_hands_a_large_evaluation_back(model_dir: Path) -> None:
     memory = json.loads(done.stdout)
     assert memory["grown"] > 100  # the activations of one 384 px evaluation are several hundred MB
     assert memory["kept"] < memory["grown"] / 4, memory
+
+
+@pytest.mark.slow  # loads the model twice
+def test_a_model_without_its_circular_graphs_fails_at_start(model_dir: Path, tmp_path: Path) -> None:
+    """The server loads the circular-padding pair at start-up: a model directory missing one fails to load, naming
+    the file, rather than serve (health SERVING) and turn every tileable job INTERNAL."""
+    partial = tmp_path / "vgg19"
+    partial.mkdir()
+    for path in model_dir.iterdir():
+        if path.name != "loss_and_grad_circular.onnx":
+            (partial / path.name).symlink_to(path)
+    with pytest.raises(OSError, match=r"loss_and_grad_circular\.onnx"):
+        load_models(ServerConfig(model_dirs=(partial,), device="cpu", tile_px=0))
+    assert load_models(ServerConfig(model_dirs=(model_dir,), device="cpu", tile_px=0))[0].name == model_dir.name

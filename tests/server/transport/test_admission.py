@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from nst_server.domain.errors import Overloaded, ShuttingDown
+from nst_server.domain.errors import Overloaded, OverMemory, QueueTimeout, ShuttingDown
 from nst_server.transport.admission import Admission
 
 
@@ -76,6 +76,82 @@ def test_close_refuses_new_jobs_and_idle_waits_for_the_last() -> None:
         await asyncio.sleep(0)
         assert not idle.done()
         running.release()
+        await asyncio.wait_for(idle, timeout=5)
+
+    asyncio.run(scenario())
+
+
+def test_memory_budget_holds_jobs_that_do_not_fit_beside_the_running_ones() -> None:
+    """With slots to spare, a job waits while its estimate does not fit beside the running jobs'; it starts once
+    they release, and jobs behind it keep their order (a small one never overtakes it)."""
+    admission = Admission(max_running=4, max_queued=4, memory_budget=1000)
+    big, second_big, small = admission.reserve(700), admission.reserve(700), admission.reserve(100)
+    assert (big.granted, second_big.granted, small.granted) == (True, False, False)
+    assert admission.reserved_bytes == 700
+    big.release()
+    assert (second_big.granted, small.granted) == (True, True)
+    assert admission.reserved_bytes == 800
+
+
+def test_a_job_over_the_whole_budget_is_refused_at_once_naming_estimate_and_budget() -> None:
+    """Estimate above the budget: OverMemory with both figures, nothing reserved or queued."""
+    admission = Admission(max_running=1, max_queued=8, memory_budget=3 << 30)
+    with pytest.raises(OverMemory, match=r"estimated 6\.00 GiB .*\(inputs 5 GiB\).* the 3\.00 GiB"):
+        admission.reserve(6 << 30, "inputs 5 GiB")
+    assert (admission.running, admission.queued, admission.reserved_bytes) == (0, 0, 0)
+
+
+def test_one_caller_gets_its_share_and_others_still_get_in() -> None:
+    """--max-jobs-per-caller 2: a third job of the same caller is refused naming its share; another caller's job is
+    admitted; a finished job gives its caller's place back."""
+    admission = Admission(max_running=1, max_queued=8, max_per_caller=2)
+    first, _ = admission.reserve(caller="ipv4:10.0.0.1"), admission.reserve(caller="ipv4:10.0.0.1")
+    with pytest.raises(
+        Overloaded, match=r"this caller \(ipv4:10\.0\.0\.1\) already has 2 jobs .*--max-jobs-per-caller 2"
+    ):
+        admission.reserve(caller="ipv4:10.0.0.1")
+    other = admission.reserve(caller="ipv4:10.0.0.2")
+    assert not other.granted
+    assert admission.queued == 2
+    first.release()
+    admission.reserve(caller="ipv4:10.0.0.1")  # its place came back
+
+
+def test_a_job_that_waits_too_long_in_the_queue_ends_with_queue_timeout() -> None:
+    """--max-queue-wait: a queued job whose wait runs out ends QueueTimeout, and its place is given back."""
+
+    async def scenario() -> None:
+        admission = Admission(max_running=1, max_queued=1, max_queue_wait_s=0.01)
+        admission.reserve()
+        queued = admission.reserve()
+        with pytest.raises(QueueTimeout, match=r"waited 0\.01s in the queue without a slot \(--max-queue-wait 0\.01\)"):
+            async for _ in queued.positions():
+                pass
+        queued.release()
+        assert admission.queued == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_who_leaves_frees_the_slot_but_not_the_memory_its_work_still_uses() -> None:
+    """The caller leaves while its decode (or run) goes on in a thread: the slot comes back at once, the memory only
+    when that work has ended, so a job that needs it waits (6 abandoned decodes once held +732 MiB)."""
+
+    async def scenario() -> None:
+        admission = Admission(max_running=1, max_queued=1, memory_budget=1000)
+        first = admission.reserve(800)
+        work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        first.hold_until(work)
+        first.release()  # the caller left mid-decode
+        assert (admission.running, admission.reserved_bytes) == (0, 800)
+        second = admission.reserve(800)
+        assert not second.granted  # a free slot, but not the memory
+        idle = asyncio.create_task(admission.wait_idle())
+        work.set_result(None)  # the decode has really ended
+        await asyncio.sleep(0)
+        assert second.granted
+        assert admission.reserved_bytes == 800
+        second.release()
         await asyncio.wait_for(idle, timeout=5)
 
     asyncio.run(scenario())

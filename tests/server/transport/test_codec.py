@@ -14,13 +14,14 @@ from nst.events import ImageFormat, Optimizer
 from nst.manifest import Manifest
 from nst.v1 import style_transfer_pb2 as pb
 from nst_server.config import Limits, ServerConfig
-from nst_server.domain import spatial
+from nst_server.domain import memory, spatial
 from nst_server.domain.errors import InvalidRequest
 from nst_server.domain.job import ColourPreservation, Init, Job
 from nst_server.domain.schedule import scale_sizes
 from nst_server.transport import codec
 
 from tests.images import png
+from tests.requests import worst_small_request
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 MANIFEST = Manifest("random", "0" * 64, "max", "imagenet", ("relu4_2",), STYLE_LAYERS, 17, "test")
@@ -233,3 +234,41 @@ def test_arrays_are_the_server_convention() -> None:
     assert job.content is not None
     assert job.content.dtype == np.float32
     assert 0.0 <= job.content.min() <= job.content.max() <= 1.0
+
+
+def test_the_worst_small_request_is_planned_at_its_working_sizes_without_decoding() -> None:
+    """1.6 kB of PNGs plan as a 4096x4096 output with eight 4096x4096 styles and an init image: their decoded
+    float32 copies alone are the 1,920 MiB the issue measured, and the estimate is above that."""
+    request = worst_small_request()
+    assert request.ByteSize() < 2000
+    tiled = [_Model("tiled", whole_max_side_px=576)]  # the default 256 px tiles with the 160 px halo
+    plan = codec.plan_request(request, tiled, ServerConfig(model_dirs=())).plan
+    assert plan.output == (4096, 4096)
+    assert plan.styles == ((4096, 4096),) * 8
+    assert plan.has_init_image
+    assert memory.parts(plan)["inputs"] == 12 * 4096 * 4096 * 10  # content, init and 8 styles: 1,920 MiB
+    assert memory.peak_bytes(plan) > 1920 << 20
+    assert codec.plan_request(request, tiled, ServerConfig(model_dirs=())).peak_bytes == memory.peak_bytes(plan)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (_request(content_weight=1e300), "options.content_weight: 1e+300 is not allowed; expected a finite number "
+         "from 0 to 1e+12"),
+        (_request(style_weight=1.5e12), "options.style_weight: 1500000000000.0 is not allowed"),
+        (_request(style_layer_weights=[1, 1, 1, 1, 1e13]),
+         "options.style_layer_weights: 10000000000000.0 is not allowed"),
+        (pb.StylizeRequest(content_image=png(80, 60),
+                           style_images=[pb.StyleImage(image=png(64, 64), blend_weight=1e20)]),
+         "style_images[0].blend_weight: 1e+20 is not allowed"),
+    ],
+)  # fmt: skip
+def test_weights_are_bounded(request_: pb.StylizeRequest, message: str) -> None:
+    """content_weight 1e300 returned OK with NaN losses and a black image (Adam) or the untouched photo (L-BFGS):
+    weights above 1e12 are refused before anything is decoded."""
+    assert message in _refused(request_)
+
+
+def test_the_largest_weight_is_allowed() -> None:
+    assert _job(_request(content_weight=1e12)).options.loss_weights.content == 1e12  # type: ignore[union-attr]

@@ -40,7 +40,10 @@ def test_closing_the_stream_right_after_the_result_still_counts_ok(model_dir: Pa
 
 
 class _Context:
-    """The little of grpc.aio.ServicerContext that Stylize touches on a good job (nothing)."""
+    """The little of grpc.aio.ServicerContext that Stylize touches on a good job: who the caller is."""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50000"
 
 
 def test_a_handler_closed_at_the_result_yield_counts_ok(model_dir: Path) -> None:
@@ -52,7 +55,7 @@ def test_a_handler_closed_at_the_result_yield_counts_ok(model_dir: Path) -> None
         admission = Admission(1, 0)
         metrics = Metrics(admission, models)
         servicer = StyleTransferServicer(models, config, admission, metrics)
-        stream = servicer.Stylize(REQUEST, _Context())  # type: ignore[arg-type]  # a good job never uses it
+        stream = servicer.Stylize(REQUEST, _Context())  # type: ignore[arg-type]  # a good job asks only its peer
         async for response in stream:
             if response.WhichOneof("event") == "result":
                 break
@@ -61,3 +64,30 @@ def test_a_handler_closed_at_the_result_yield_counts_ok(model_dir: Path) -> None
 
     metrics = asyncio.run(run())
     assert outcomes_of(parse_samples(generate_latest(metrics.registry).decode())) == {"ok": 1}
+
+
+def test_evaluations_are_counted_as_computed_not_as_delivered(model_dir: Path) -> None:
+    """A caller that reads nothing after its first event: the job's evaluations are all counted while it computes
+    (nst_evaluations counted delivered Progress events, so a lagging or vanished reader hid the work done)."""
+    config = ServerConfig(model_dirs=(model_dir,))
+    models = [load_model(model_dir)]
+    evaluations = 5
+    request = stylize_request(32, 32, max_evaluations=evaluations, optimizer=pb.OPTIMIZER_ADAM)
+
+    def counted(metrics: Metrics) -> float:
+        return parse_samples(generate_latest(metrics.registry).decode())[("nst_evaluations_total", frozenset())]
+
+    async def run() -> float:
+        admission = Admission(1, 0)
+        metrics = Metrics(admission, models)
+        servicer = StyleTransferServicer(models, config, admission, metrics)
+        stream = servicer.Stylize(request, _Context())  # type: ignore[arg-type]
+        assert (await anext(stream)).WhichOneof("event") == "started"
+        for _ in range(6000):  # up to 60 s for the job to compute its evaluations, none of them read
+            if counted(metrics) >= evaluations:
+                break
+            await asyncio.sleep(0.01)
+        await stream.aclose()
+        return counted(metrics)
+
+    assert asyncio.run(run()) == evaluations
