@@ -75,7 +75,7 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
     name, _, rest = spec.partition(":")
     saved_style = pipeline.style_for_scale
     saved = {attr: getattr(schedule, attr) for attr in _CONSTANTS.values()}
-    saved_carry = pipeline.carry_inverse_hessian_scale
+    saved_carry = pipeline.carry_h0_gamma
     options = job.options
     try:
         for item in filter(None, rest.split(",")):
@@ -83,7 +83,7 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
             if key in _CONSTANTS:
                 setattr(schedule, _CONSTANTS[key], float(value))
             elif key == "carry":
-                pipeline.carry_inverse_hessian_scale = lambda *_: None  # type: ignore[assignment]
+                pipeline.carry_h0_gamma = lambda *_: None  # type: ignore[assignment]
             elif key == "optimizer":
                 options = dataclasses.replace(options, optimizer=Optimizer(value))
             elif key == "style" and value == "full":  # coarser scales' style targets from the whole painting
@@ -120,7 +120,7 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
     finally:
         for attr, value in saved.items():
             setattr(schedule, attr, value)
-        pipeline.carry_inverse_hessian_scale = saved_carry  # type: ignore[assignment]
+        pipeline.carry_h0_gamma = saved_carry  # type: ignore[assignment]
         pipeline.style_for_scale = saved_style  # type: ignore[assignment]
     reached = state["reached"]
     return {

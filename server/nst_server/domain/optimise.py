@@ -49,7 +49,7 @@ def _held(array: npt.NDArray[np.floating]) -> Callable[[], npt.NDArray[np.floati
 class Outcome:
     """Where the optimiser stopped: the last iterate, its losses, what it cost, and why it stopped.
 
-    ``inverse_hessian_scale`` is L-BFGS's last H0 scale (s.y / y.y of its newest pair; None before any pair):
+    ``h0_gamma`` is L-BFGS's last gamma, H0 = gamma I (s.y / y.y of its newest pair; None before any pair):
     the next scale of a coarse-to-fine run starts from it instead of from a blind first step.
     """
 
@@ -58,7 +58,7 @@ class Outcome:
     iterations: int
     evaluations: int
     reason: StopReason = StopReason.BUDGET
-    inverse_hessian_scale: float | None = None
+    h0_gamma: float | None = None
 
 
 class Plateau:
@@ -153,8 +153,8 @@ class _Pairs:
         self._order.clear()
 
     @property
-    def scale(self) -> float | None:
-        """H0's scale, s.y / y.y of the newest pair; None while there is none."""
+    def gamma(self) -> float | None:
+        """H0 = gamma I: gamma is s.y / y.y of the newest pair (Nocedal and Wright, eq. 7.20); None before one."""
         if not self._order:
             return None
         newest = self._order[-1]
@@ -167,8 +167,8 @@ class _Pairs:
             alpha = self.rho[row] * float(np.dot(self.s[row], q))
             _add_scaled(q, -alpha, self.y[row], self._scratch)
             alphas.append(alpha)
-        if (scale := self.scale) is not None:
-            q *= np.float32(scale)
+        if (gamma := self.gamma) is not None:
+            q *= np.float32(gamma)
         for row, alpha in zip(self._order, reversed(alphas), strict=True):
             beta = self.rho[row] * float(np.dot(self.y[row], q))
             _add_scaled(q, alpha - beta, self.s[row], self._scratch)
@@ -224,11 +224,11 @@ def projected_direction(
         direction *= np.float32(-1.0)
 
 
-def lbfgs(objective: Objective, run: Run, history: int, inverse_hessian_scale: float | None = None) -> Outcome:
+def lbfgs(objective: Objective, run: Run, history: int, h0_gamma: float | None = None) -> Outcome:
     """Projected L-BFGS in the [0, 1] box, keeping ``history`` pairs; stops at the run's budget, when its
     ``converged(loss)`` says so after an iteration, or when it cannot improve.
 
-    ``inverse_hessian_scale``, when given, scales the first direction (H0 = scale * I) as the newest pair
+    ``h0_gamma``, when given, sets the first direction's length (H0 = gamma I) as the newest pair
     would: a restarted but well-scaled L-BFGS, e.g. from the previous scale of a coarse-to-fine run.
 
     Each iteration takes the L-BFGS direction over the pixels that are free to move (not held at a bound by
@@ -261,8 +261,8 @@ def lbfgs(objective: Objective, run: Run, history: int, inverse_hessian_scale: f
         projected_direction(pairs, x, grad, direction)
         if pairs:  # H is scaled and the full step fits
             step = 1.0
-        elif inverse_hessian_scale is not None:  # no curvature yet here, but a known scale for H0
-            step = inverse_hessian_scale
+        elif h0_gamma is not None:  # no curvature yet here, but a known gamma for H0
+            step = h0_gamma
         else:  # no curvature known at all: a step of unit length
             step = 1.0 / max(float(np.linalg.norm(direction)), 1e-30)
         row = pairs.next_row
@@ -273,15 +273,15 @@ def lbfgs(objective: Objective, run: Run, history: int, inverse_hessian_scale: f
             np.subtract(trial, x, out=pairs.s[row])
             decrease = float(np.dot(grad, pairs.s[row]))
             if evaluations >= budget:
-                return Outcome(x, losses, iterations, evaluations, StopReason.BUDGET, pairs.scale)
+                return Outcome(x, losses, iterations, evaluations, StopReason.BUDGET, pairs.gamma)
             if not decrease < 0.0:
-                return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.scale)
+                return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.gamma)
             candidate = evaluate(trial)
             if candidate.loss <= loss + ARMIJO * decrease:
                 break
             step *= 0.5
         else:  # no step lowers the loss: as far as it goes
-            return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.scale)
+            return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.gamma)
         np.subtract(candidate.grad.ravel(), grad, out=pairs.y[row])
         pairs.keep(row)
         x, trial = trial, x
@@ -290,8 +290,8 @@ def lbfgs(objective: Objective, run: Run, history: int, inverse_hessian_scale: f
         iterations += 1
         run.on_step(Step(iterations, evaluations, losses, _held(x)))
         if converged(loss):
-            return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.scale)
-    return Outcome(x, losses, iterations, evaluations, StopReason.BUDGET, pairs.scale)
+            return Outcome(x, losses, iterations, evaluations, StopReason.CONVERGED, pairs.gamma)
+    return Outcome(x, losses, iterations, evaluations, StopReason.BUDGET, pairs.gamma)
 
 
 def adam_schedule(learning_rate: float, beta1: float, beta2: float, step: int) -> tuple[np.float32, np.float32]:
@@ -357,7 +357,7 @@ class Optimiser(Protocol):
     @property
     def step_s(self) -> float: ...
 
-    def lbfgs(self, run: Run, history: int, inverse_hessian_scale: float | None = None) -> Outcome: ...
+    def lbfgs(self, run: Run, history: int, h0_gamma: float | None = None) -> Outcome: ...
 
     def adam(self, run: Run, learning_rate: float) -> Outcome: ...
 
@@ -377,8 +377,8 @@ class HostOptimiser:
     def step_s(self) -> float:
         return 0.0
 
-    def lbfgs(self, run: Run, history: int, inverse_hessian_scale: float | None = None) -> Outcome:
-        return lbfgs(self._evaluator, run, history, inverse_hessian_scale)
+    def lbfgs(self, run: Run, history: int, h0_gamma: float | None = None) -> Outcome:
+        return lbfgs(self._evaluator, run, history, h0_gamma)
 
     def adam(self, run: Run, learning_rate: float) -> Outcome:
         return adam(self._evaluator, run, learning_rate)

@@ -14,7 +14,7 @@ from .errors import NonFiniteLoss
 from .evaluation import Evaluator, FloatArray, ShouldStop
 from .job import ColourPreservation, Init, Job
 from .model import LossModel
-from .schedule import MIN_IMPROVEMENT_WINDOW, carry_inverse_hessian_scale, full_size_fraction, job_schedule
+from .schedule import MIN_IMPROVEMENT_WINDOW, carry_h0_gamma, full_size_fraction, job_schedule
 from .targets import job_targets, layer_weights
 
 GRAY = 0.5  # the flat start image of Init.GRAY
@@ -131,13 +131,13 @@ def _reporter(
 
 def _optimise(
     job: Job, optimiser: optimise.Optimiser, canvas: FloatArray, budget: int,
-    on_step: Callable[[optimise.Step], None], should_stop: ShouldStop, inverse_hessian_scale: float | None,
+    on_step: Callable[[optimise.Step], None], should_stop: ShouldStop, h0_gamma: float | None,
 ) -> optimise.Outcome:  # fmt: skip
     options = job.options
     converged = optimise.Plateau(options.min_improvement, MIN_IMPROVEMENT_WINDOW)
     run = optimise.Run(canvas, budget, on_step, should_stop, converged)
     if options.optimizer is Optimizer.LBFGS:
-        return optimiser.lbfgs(run, optimise.history_within(options.lbfgs_history, canvas.size), inverse_hessian_scale)
+        return optimiser.lbfgs(run, optimise.history_within(options.lbfgs_history, canvas.size), h0_gamma)
     return optimiser.adam(run, options.learning_rate)
 
 
@@ -161,7 +161,7 @@ def stylize(
     full_size_evaluations = 0.0
     preparing_s = optimising_s = evaluating_s = stepping_s = 0.0
     clock: float | None = None  # Progress.elapsed_s counts from the end of the first warm-up
-    carried: float | None = None  # L-BFGS's H0 scale from the previous scale, rescaled to this one
+    carried: float | None = None  # L-BFGS's gamma (H0 = gamma I) from the previous scale, carried to this one
     for number, (size, budget) in enumerate(((plan.size, plan.evaluations) for plan in plans), start=1):
         prepared = time.perf_counter()
         canvas = images.resize(canvas, size)
@@ -179,8 +179,8 @@ def stylize(
         canvas = outcome.x.reshape(canvas.shape).astype(np.float32)
         iterations, evaluations = iterations + outcome.iterations, evaluations + outcome.evaluations
         full_size_evaluations += outcome.evaluations * full_size_fraction(size, job.size)
-        if outcome.inverse_hessian_scale is not None and number < len(plans):
-            carried = carry_inverse_hessian_scale(outcome.inverse_hessian_scale, size, plans[number].size)
+        if outcome.h0_gamma is not None and number < len(plans):
+            carried = carry_h0_gamma(outcome.h0_gamma, size, plans[number].size)
         optimising_s += time.perf_counter() - optimising
     if not np.isfinite(canvas).all():  # a NaN gradient moves pixels to NaN, which encode would make black
         raise NonFiniteLoss(f"the image stopped being finite after {evaluations} evaluations (a NaN gradient)")

@@ -93,7 +93,7 @@ def scale_sizes(size: tuple[int, int], scales: int) -> list[tuple[int, int]]:
     return [(round(width / SCALE_RATIO**k), round(height / SCALE_RATIO**k)) for k in reversed(range(scales))]
 
 
-def carry_inverse_hessian_scale(scale: float, size: tuple[int, int], next_size: tuple[int, int]) -> float:
-    """L-BFGS's H0 scale for the next, larger scale: the loss averages over positions, so its curvature per
-    pixel falls, and the inverse Hessian's scale grows, with the pixel count."""
-    return scale * (next_size[0] * next_size[1]) / (size[0] * size[1])
+def carry_h0_gamma(gamma: float, size: tuple[int, int], next_size: tuple[int, int]) -> float:
+    """L-BFGS's gamma (H0 = gamma I) for the next, larger scale: the loss averages over positions, so its curvature
+    per pixel falls, and the inverse Hessian grows, with the pixel count. ("Scale" here means only a pyramid level.)"""
+    return gamma * (next_size[0] * next_size[1]) / (size[0] * size[1])

@@ -225,7 +225,7 @@ class DeviceOptimiser:
 
     # -- L-BFGS
 
-    def lbfgs(self, run: Run, history: int, inverse_hessian_scale: float | None = None) -> Outcome:
+    def lbfgs(self, run: Run, history: int, h0_gamma: float | None = None) -> Outcome:
         """``optimise.lbfgs``, the same decisions taken from the step graphs' scalars.
 
         The history has one spare (s, y) row, so that a new pair is never written over a pair the direction
@@ -250,7 +250,7 @@ class DeviceOptimiser:
         converged(losses.total)  # the starting loss: the first of the window (never enough alone to stop)
 
         def stop(reason: StopReason) -> Outcome:
-            return Outcome(self._download(x)(), losses, iterations, evaluations, reason, state.scale)
+            return Outcome(self._download(x)(), losses, iterations, evaluations, reason, state.gamma)
 
         while evaluations < budget:
             row = state.free_row()
@@ -258,8 +258,8 @@ class DeviceOptimiser:
             if not descent:  # H lost positivity on the free set: the graph took the projected gradient
                 state.order.clear()
             full = len(state.order) == history
-            if not state.order and inverse_hessian_scale is not None:  # a known scale for H0, not a unit step
-                step = inverse_hessian_scale
+            if not state.order and h0_gamma is not None:  # a known gamma for H0, not a unit step
+                step = h0_gamma
                 decrease = state.trial(x, trial, row, step)
             for _ in range(MAX_BACKTRACKS):
                 if evaluations >= budget:
@@ -324,8 +324,8 @@ class _LbfgsState:
         return next(row for row in range(len(self.s)) if row not in self.order)
 
     @property
-    def scale(self) -> float | None:
-        """H0's scale, s.y / y.y of the newest pair; None while there is none."""
+    def gamma(self) -> float | None:
+        """H0 = gamma I: gamma is s.y / y.y of the newest pair (Nocedal and Wright, eq. 7.20); None before one."""
         if not self.order:
             return None
         newest = self.order[-1]

@@ -112,8 +112,8 @@ def test_adam_stops_on_a_plateau() -> None:
     assert (rv.evaluations, rv.reason) == (1, optimise.StopReason.CONVERGED)
 
 
-def test_a_carried_inverse_hessian_scale_sets_the_first_step() -> None:
-    """Given H0's scale, L-BFGS's first step is scale * -gradient, not a unit-length step."""
+def test_a_carried_h0_gamma_sets_the_first_step() -> None:
+    """Given H0 = gamma I, L-BFGS's first step is gamma * -gradient, not a unit-length step."""
     from tests.server.domain.test_optimise import Quadratic, _start
 
     points: list[np.ndarray] = []
@@ -123,10 +123,10 @@ def test_a_carried_inverse_hessian_scale_sets_the_first_step() -> None:
         points.append(np.array(x, np.float32).reshape(-1))
         return objective(x)
 
-    rv = optimise.lbfgs(recorded, optimise.Run(_start(), 2), 10, inverse_hessian_scale=0.25)
+    rv = optimise.lbfgs(recorded, optimise.Run(_start(), 2), 10, h0_gamma=0.25)
     grad = 2 * (_start() - objective.target).reshape(-1)
     assert np.allclose(points[1], np.clip(points[0] - 0.25 * grad, 0, 1), atol=1e-6)
-    assert rv.inverse_hessian_scale == pytest.approx(0.5, rel=1e-3)  # s.y / y.y of f = |x - t|^2 is 1/2
+    assert rv.h0_gamma == pytest.approx(0.5, rel=1e-3)  # s.y / y.y of f = |x - t|^2 is 1/2
 
 
 @pytest.fixture(name="graphs", scope="module")
@@ -162,16 +162,14 @@ def test_server_schedule_runs_its_plan_and_counts_both_ways(
 
 
 def test_state_is_carried_across_scales(graphs: LossGraphs, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The next scale's L-BFGS starts from the last one's H0 scale, times the pixel-count ratio (on whichever
-    placement the server's auto picks for L-BFGS)."""
+    """The next scale's L-BFGS starts from the last one's gamma (H0 = gamma I), times the pixel-count ratio (on
+    whichever placement the server's auto picks for L-BFGS)."""
     calls: list[tuple[float | None, float | None]] = []
 
     def recording(real: Any) -> Any:
-        def run(
-            self: object, run: optimise.Run, history: int, inverse_hessian_scale: float | None = None
-        ) -> optimise.Outcome:
-            outcome: optimise.Outcome = real(self, run, history, inverse_hessian_scale)
-            calls.append((inverse_hessian_scale, outcome.inverse_hessian_scale))
+        def run(self: object, run: optimise.Run, history: int, h0_gamma: float | None = None) -> optimise.Outcome:
+            outcome: optimise.Outcome = real(self, run, history, h0_gamma)
+            calls.append((h0_gamma, outcome.h0_gamma))
             return outcome
 
         return run

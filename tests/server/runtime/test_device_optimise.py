@@ -74,11 +74,11 @@ def _never() -> bool:
 
 def _run(
     optimiser: optimise.Optimiser, method: str, start: FloatArray, budget: int = ITERATIONS + 1,
-    inverse_hessian_scale: float | None = None, converged: Callable[[float], bool] = optimise.never,
+    h0_gamma: float | None = None, converged: Callable[[float], bool] = optimise.never,
 ) -> tuple[optimise.Outcome, _Recorder]:  # fmt: skip
     recorder = _Recorder()
     run = optimise.Run(start, budget, recorder, converged=converged)
-    outcome = optimiser.adam(run, 0.02) if method == "adam" else optimiser.lbfgs(run, 10, inverse_hessian_scale)
+    outcome = optimiser.adam(run, 0.02) if method == "adam" else optimiser.lbfgs(run, 10, h0_gamma)
     return outcome, recorder
 
 
@@ -128,16 +128,14 @@ def test_device_lbfgs_stays_within_the_hosts_round_off(graphs: LossGraphs, shape
     assert ours.max() <= ENVELOPE_FACTOR * spread.max() + 1e-6
     spread_x = max(_relative(host_steps.iterates, nudged_steps.iterates))
     assert max(_relative(host_steps.iterates, device_steps.iterates)) <= ENVELOPE_FACTOR * spread_x + 1e-6
-    assert host_outcome.inverse_hessian_scale is not None
-    assert device_outcome.inverse_hessian_scale == pytest.approx(host_outcome.inverse_hessian_scale, rel=0.05)
+    assert host_outcome.h0_gamma is not None
+    assert device_outcome.h0_gamma == pytest.approx(host_outcome.h0_gamma, rel=0.05)
 
 
 def test_device_lbfgs_starts_from_a_carried_scale_as_the_host_does(graphs: LossGraphs) -> None:
     host, device = _placements(graphs, SIZES[0])
     start = _image(SIZES[0], 3)
-    (_, host_steps), (_, device_steps) = (
-        _run(o, "lbfgs", start, budget=3, inverse_hessian_scale=0.05) for o in (host, device)
-    )
+    (_, host_steps), (_, device_steps) = (_run(o, "lbfgs", start, budget=3, h0_gamma=0.05) for o in (host, device))
     (_, plain_steps) = _run(host, "lbfgs", start, budget=3)
     assert max(_relative(host_steps.iterates, device_steps.iterates)) < 1e-6
     assert max(_relative(host_steps.iterates, plain_steps.iterates)) > 1e-3  # the carried scale mattered
