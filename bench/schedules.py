@@ -13,8 +13,13 @@ The headline figures come from `python -m bench.quality`, through gRPC; this mod
 A VARIANT is NAME[:key=value,...] with keys among the pipeline constants (ratio, coarsest, growth), the
 options (scales, coarse_evaluations, lbfgs_history, optimizer, learning_rate, min_improvement), carry=0
 (no L-BFGS state across scales), style=full (coarser scales' style targets from the whole painting, not one
-resized to the scale) and init=matched (start from the photo with the painting's colour mean and
-covariance, ``nst_server.domain.colour.match_colours``).
+resized to the scale), init=matched (start from the photo with the painting's colour mean and
+covariance, ``nst_server.domain.colour.match_colours``), upsample=bilinear (the iterate carried up a scale by
+bilinear, not Lanczos, resampling), upsample=detail (carried up with the photo's detail that the coarser scale could
+not hold: the iterate resized up plus the photo at the new size less the photo resized down and up again, a
+Laplacian pyramid's finer band), coarse_optimizer=adam (Adam at the coarser scales, the variant's optimiser at the
+last), coarse_min_improvement=X (min_improvement at the coarser scales only) and pyramid=LEVELS:BASE (L-BFGS's
+H0 = gamma M, M the Laplacian-pyramid preconditioner ``nst_server.domain.optimise.pyramid_preconditioner``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import losses, service
+from . import machine as machine_info
 from .quality import loadavg
 
 
@@ -65,18 +71,57 @@ def target(graphs: Any, job: Any, evaluations: int, cache: Path, case: str) -> d
 _CONSTANTS = {"ratio": "AUTO_RATIO", "coarsest": "AUTO_COARSEST_SIDE_PX", "growth": "AUTO_GROWTH"}
 
 
+def _upsampled(how: str) -> Any:
+    """pipeline.canvas_for_scale for the ``upsample`` lever."""
+    import numpy as np
+    from nst_server.domain import images
+    from PIL import Image
+
+    def bilinear(array: Any, size: tuple[int, int]) -> Any:
+        channels = [np.asarray(Image.fromarray(c, "F").resize(size, Image.Resampling.BILINEAR)) for c in array[0]]
+        return np.clip(np.stack(channels)[np.newaxis], 0.0, 1.0).astype(np.float32)
+
+    def detail(canvas: Any, size: tuple[int, int], job: Any) -> Any:
+        up = images.resize(canvas, size)
+        if job.content is None or up is canvas:
+            return up
+        coarse = (canvas.shape[3], canvas.shape[2])
+        photo = images.resize(job.content, size)
+        band = photo - images.resize(images.resize(job.content, coarse), size)  # what the coarser scale lost
+        return np.clip(up + band, 0.0, 1.0).astype(np.float32)
+
+    if how == "detail":
+        return detail
+    if how == "bilinear":
+        return lambda canvas, size, _job: bilinear(canvas, size)
+    raise ValueError(f"upsample={how}: bilinear or detail")
+
+
+def _per_scale(original: Any, coarse: dict[str, Any]) -> Any:
+    """pipeline._optimise with ``coarse`` option overrides at every scale but the last."""
+
+    def run(job: Any, optimiser: Any, canvas: Any, *rest: Any) -> Any:
+        if (canvas.shape[3], canvas.shape[2]) != job.size:
+            job = dataclasses.replace(job, options=dataclasses.replace(job.options, **coarse))
+        return original(job, optimiser, canvas, *rest)
+
+    return run
+
+
 def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]:
     """One in-process job under a variant; when its final-scale loss first reaches ``goal``."""
     from nst.events import Optimizer, Progress, ScaleStarted
-    from nst_server.domain import colour, pipeline, schedule
+    from nst_server.domain import colour, optimise, pipeline, schedule
     from nst_server.domain.errors import Cancelled
     from nst_server.domain.job import Init
 
     name, _, rest = spec.partition(":")
-    saved_style = pipeline.style_for_scale
+    saved_style, saved_canvas, saved_optimise = pipeline.style_for_scale, pipeline.canvas_for_scale, pipeline._optimise
     saved = {attr: getattr(schedule, attr) for attr in _CONSTANTS.values()}
-    saved_carry = pipeline.carry_h0_gamma
+    saved_carry, saved_lbfgs = pipeline.carry_h0_gamma, optimise.lbfgs
+    saved_placement = graphs.placements["lbfgs"]
     options = job.options
+    coarse: dict[str, Any] = {}
     try:
         for item in filter(None, rest.split(",")):
             key, _, value = item.partition("=")
@@ -88,6 +133,23 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
                 options = dataclasses.replace(options, optimizer=Optimizer(value))
             elif key == "style" and value == "full":  # coarser scales' style targets from the whole painting
                 pipeline.style_for_scale = lambda style, _: style  # type: ignore[assignment]
+            elif key == "upsample":
+                pipeline.canvas_for_scale = _upsampled(value)
+            elif key == "coarse_optimizer":
+                coarse["optimizer"] = Optimizer(value)
+            elif key == "pyramid":
+                levels, _, base = value.partition(":")
+
+                def preconditioned(
+                    objective: Any, run: Any, *rest: Any, levels: int = int(levels), base: float = float(base or 4)
+                ) -> Any:
+                    m = optimise.pyramid_preconditioner(run.x0.shape, levels, base)
+                    return saved_lbfgs(objective, run, *rest, precondition=m)
+
+                optimise.lbfgs = preconditioned
+                graphs.placements["lbfgs"] = "host"  # the step graphs (CPU's default placement) have no preconditioner
+            elif key == "coarse_min_improvement":
+                coarse["min_improvement"] = float(value)
             elif key == "init" and value == "matched":
                 matched = colour.match_colours(job.content, job.styles[0].image)
                 options = dataclasses.replace(options, init=Init.IMAGE)
@@ -95,6 +157,8 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
             else:
                 field = type(getattr(options, key))
                 options = dataclasses.replace(options, **{key: field(value)})
+        if coarse:
+            pipeline._optimise = _per_scale(saved_optimise, coarse)
         state: dict[str, Any] = {"fraction": 1.0, "evaluations": 0, "equivalent": 0.0, "last": False, "reached": None}
         plans = schedule.job_schedule(dataclasses.replace(job, options=options))
         start = time.perf_counter()
@@ -120,8 +184,10 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
     finally:
         for attr, value in saved.items():
             setattr(schedule, attr, value)
-        pipeline.carry_h0_gamma = saved_carry  # type: ignore[assignment]
+        pipeline.carry_h0_gamma, optimise.lbfgs = saved_carry, saved_lbfgs  # type: ignore[assignment]
+        graphs.placements["lbfgs"] = saved_placement
         pipeline.style_for_scale = saved_style  # type: ignore[assignment]
+        pipeline.canvas_for_scale, pipeline._optimise = saved_canvas, saved_optimise  # type: ignore[assignment]
     reached = state["reached"]
     return {
         "variant": spec,
@@ -138,9 +204,44 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
     }
 
 
+LEVERS_BEGIN, LEVERS_END = "<!-- levers -->", "<!-- /levers -->"
+
+
+def _evaluations(plans: list[list[int]]) -> str:
+    return ", ".join(f"{width}x{height} ({evaluations})" for width, height, evaluations in plans)
+
+
+def levers_table(rows: list[dict[str, Any]]) -> str:
+    """BENCHMARKS.md's lever table from ``--out`` JSON lines, in their order."""
+    lines = [
+        "| loss | pair, size | variant | scales (evaluations planned) | full-size equivalents to reach scipy's "
+        "loss | final loss if not reached (target) | s | machine (threads), load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        reached = row["reached_equivalent"]
+        final = "-" if reached is not None else f"{row['final_loss']:.4g} ({row['target']['loss']:.4g})"
+        machine = row.get("machine", "Intel(R) Xeon(R) Processor (1)")  # the first sitting's rows lack it
+        lines.append(
+            f"| {row['loss']} | {row['pair']}, {row['side']} px | `{row['variant']}` | {_evaluations(row['plans'])} "
+            f"| {'**' + str(reached) + '**' if reached is not None else 'not reached'} | {final} | {row['seconds']} "
+            f"| {machine}, {row['loadavg'][0]} |"
+        )
+    return "\n".join(lines)
+
+
+def render_levers(jsonl: list[Path], doc: Path) -> None:
+    """Rewrite the lever table between LEVERS_BEGIN and LEVERS_END in ``doc`` from the JSON lines."""
+    rows = [json.loads(line) for path in jsonl for line in path.read_text().splitlines() if line.strip()]
+    text = doc.read_text()
+    head, _, rest = text.partition(LEVERS_BEGIN)
+    _, _, tail = rest.partition(LEVERS_END)
+    doc.write_text(f"{head}{LEVERS_BEGIN}\n{levers_table(rows)}\n{LEVERS_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.schedules", description=__doc__.split("\n\n")[0])
-    parser.add_argument("variants", nargs="+")
+    parser.add_argument("variants", nargs="*")
     parser.add_argument("--loss", choices=losses.LOSSES, default="ranvgg", help="bench/losses.py (default ranvgg)")
     parser.add_argument("--model", type=Path, help="the loss's model (default: exported into --models)")
     parser.add_argument("--models", type=Path, default=Path("/tmp/nst-bench-models"), help="where to export it")
@@ -152,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("bench/results/schedule_targets.json"))
     parser.add_argument("--out", type=Path, help="append each variant's JSON line here")
+    parser.add_argument(
+        "--render", type=Path, nargs="+", help="only rewrite BENCHMARKS.md's lever table from these --out files"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        render_levers(args.render, Path(__file__).resolve().parents[1] / "BENCHMARKS.md")
+        return 0
     from nst_server.domain.job import Options
     from nst_server.runtime.graphs import LossGraphs
 
@@ -165,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     job = dataclasses.replace(job, options=dataclasses.replace(job.options, loss_weights=weights))
     case = f"{args.loss}-{content.name}-{style.name}"
     goal = target(graphs, job, args.target_evaluations, args.cache, case)
+    cpu = machine_info.describe(args.threads)["cpu"]
+    machine = f"{cpu} ({args.threads})"
     about = {"loss": args.loss, "pair": f"{content.name} + {style.name}", "loss_weights": dataclasses.astuple(weights)}
     print(json.dumps({"target": goal, "side": args.side, "target_evaluations": args.target_evaluations} | about))
     for spec in args.variants:
@@ -172,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         if args.out:
             with args.out.open("a") as out:
-                out.write(json.dumps(row | {"side": args.side, "target": goal} | about) + "\n")
+                out.write(json.dumps(row | {"side": args.side, "target": goal, "machine": machine} | about) + "\n")
     return 0
 
 

@@ -119,13 +119,45 @@ def _add_scaled(
     y += scratch
 
 
+Precondition = Callable[[npt.NDArray[np.float32]], None]  # q <- M q in place, M symmetric positive definite
+
+
+def pyramid_preconditioner(shape: tuple[int, ...], levels: int, base: float) -> Precondition:
+    """M = I + sum over k = 1..levels of base**k B_k, B_k replacing each 2**k x 2**k block of each channel by its
+    mean (ragged blocks at the right and bottom edges): a symmetric positive definite H0 for L-BFGS.
+
+    With base 4 it is P P^T of a Laplacian-pyramid parametrisation x = z_0 + sum_k up_k(z_k), up_k nearest-neighbour
+    upsampling by 2**k: the low frequencies, which the loss's curvature makes slow, take longer steps, at the full
+    size and without changing the loss (as coarse to fine would).
+    """
+    height, width = shape[-2], shape[-1]
+    bands = []
+    for k in range(1, levels + 1):
+        block = 2**k
+        rows, cols = np.arange(0, height, block), np.arange(0, width, block)
+        row_sizes = np.diff(np.append(rows, height))
+        col_sizes = np.diff(np.append(cols, width))
+        bands.append((rows, cols, row_sizes, col_sizes, np.float32(base**k) / np.outer(row_sizes, col_sizes)))
+
+    def precondition(q: npt.NDArray[np.float32]) -> None:
+        image = q.reshape(-1, height, width)
+        boost = np.zeros_like(image)
+        for rows, cols, row_sizes, col_sizes, weight in bands:
+            sums = np.add.reduceat(np.add.reduceat(image, rows, axis=1), cols, axis=2) * weight
+            boost += np.repeat(np.repeat(sums, row_sizes, axis=1), col_sizes, axis=2)
+        image += boost
+
+    return precondition
+
+
 class _Pairs:
     """L-BFGS's memory: the last ``size`` steps s and gradient changes y, rows of preallocated float32 arrays.
 
     Rows are written in place (a ring), so an iteration allocates nothing image-sized.
     """
 
-    def __init__(self, size: int, n: int) -> None:
+    def __init__(self, size: int, n: int, precondition: Precondition | None = None) -> None:
+        self.precondition = precondition
         self.s = np.empty((size, n), np.float32)
         self.y = np.empty((size, n), np.float32)
         self._scratch = np.empty(n, np.float32)  # a * s or a * y of the two-loop recursion, without allocating
@@ -154,11 +186,17 @@ class _Pairs:
 
     @property
     def gamma(self) -> float | None:
-        """H0 = gamma I: gamma is s.y / y.y of the newest pair (Nocedal and Wright, eq. 7.20); None before one."""
+        """H0 = gamma I: gamma is s.y / y.y of the newest pair (Nocedal and Wright, eq. 7.20); None before one.
+        With a preconditioner M, H0 = gamma M and gamma = s.y / y.M y."""
         if not self._order:
             return None
         newest = self._order[-1]
-        return 1.0 / (float(self.rho[newest]) * float(np.dot(self.y[newest], self.y[newest])))
+        y = self.y[newest]
+        if self.precondition is None:
+            return 1.0 / (float(self.rho[newest]) * float(np.dot(y, y)))
+        np.copyto(self._scratch, y)
+        self.precondition(self._scratch)
+        return 1.0 / (float(self.rho[newest]) * float(np.dot(y, self._scratch)))
 
     def apply_inverse_hessian(self, q: npt.NDArray[np.float32]) -> None:
         """q <- H q in place by the two-loop recursion, H0 scaled by the newest pair's s.y / y.y."""
@@ -168,6 +206,8 @@ class _Pairs:
             _add_scaled(q, -alpha, self.y[row], self._scratch)
             alphas.append(alpha)
         if (gamma := self.gamma) is not None:
+            if self.precondition is not None:
+                self.precondition(q)
             q *= np.float32(gamma)
         for row, alpha in zip(self._order, reversed(alphas), strict=True):
             beta = self.rho[row] * float(np.dot(self.y[row], q))
@@ -224,12 +264,21 @@ def projected_direction(
         direction *= np.float32(-1.0)
 
 
-def lbfgs(objective: Objective, run: Run, history: int, h0_gamma: float | None = None) -> Outcome:
+def lbfgs(
+    objective: Objective,
+    run: Run,
+    history: int,
+    h0_gamma: float | None = None,
+    precondition: Precondition | None = None,
+) -> Outcome:
     """Projected L-BFGS in the [0, 1] box, keeping ``history`` pairs; stops at the run's budget, when its
     ``converged(loss)`` says so after an iteration, or when it cannot improve.
 
     ``h0_gamma``, when given, sets the first direction's length (H0 = gamma I) as the newest pair
     would: a restarted but well-scaled L-BFGS, e.g. from the previous scale of a coarse-to-fine run.
+    ``precondition``, when given, makes H0 = gamma M (e.g. ``pyramid_preconditioner``); no job uses one: the pyramid
+    lost to plain H0 on both representative losses (BENCHMARKS.md, "Time to quality"), and bench.schedules keeps it
+    measurable.
 
     Each iteration takes the L-BFGS direction over the pixels that are free to move (not held at a bound by
     their gradient), projects the step onto the box and backtracks until the loss drops enough (Armijo).
@@ -240,7 +289,7 @@ def lbfgs(objective: Objective, run: Run, history: int, h0_gamma: float | None =
     budget, converged = run.budget, run.converged
     x = run.x0.ravel().astype(np.float32)
     n = x.size
-    pairs = _Pairs(history, n)
+    pairs = _Pairs(history, n, precondition)
     grad, direction, trial = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
     evaluations = iterations = 0
 
