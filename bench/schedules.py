@@ -71,17 +71,13 @@ def target(graphs: Any, job: Any, evaluations: int, cache: Path, case: str) -> d
 _CONSTANTS = {"ratio": "AUTO_RATIO", "coarsest": "AUTO_COARSEST_SIDE_PX", "growth": "AUTO_GROWTH"}
 
 
-def _upsampled(how: str) -> Any:
+def _upsampled(how: str, job: Any) -> Any:
     """pipeline.canvas_for_scale for the ``upsample`` lever."""
     import numpy as np
     from nst_server.domain import images
     from PIL import Image
 
-    def bilinear(array: Any, size: tuple[int, int]) -> Any:
-        channels = [np.asarray(Image.fromarray(c, "F").resize(size, Image.Resampling.BILINEAR)) for c in array[0]]
-        return np.clip(np.stack(channels)[np.newaxis], 0.0, 1.0).astype(np.float32)
-
-    def detail(canvas: Any, size: tuple[int, int], job: Any) -> Any:
+    def detail(canvas: Any, size: tuple[int, int]) -> Any:
         up = images.resize(canvas, size)
         if job.content is None or up is canvas:
             return up
@@ -93,7 +89,7 @@ def _upsampled(how: str) -> Any:
     if how == "detail":
         return detail
     if how == "bilinear":
-        return lambda canvas, size, _job: bilinear(canvas, size)
+        return lambda canvas, size: images.resize(canvas, size, Image.Resampling.BILINEAR)
     raise ValueError(f"upsample={how}: bilinear or detail")
 
 
@@ -134,7 +130,7 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
             elif key == "style" and value == "full":  # coarser scales' style targets from the whole painting
                 pipeline.style_for_scale = lambda style, _: style  # type: ignore[assignment]
             elif key == "upsample":
-                pipeline.canvas_for_scale = _upsampled(value)
+                pipeline.canvas_for_scale = _upsampled(value, job)
             elif key == "coarse_optimizer":
                 coarse["optimizer"] = Optimizer(value)
             elif key == "pyramid":
@@ -221,11 +217,10 @@ def levers_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         reached = row["reached_equivalent"]
         final = "-" if reached is not None else f"{row['final_loss']:.4g} ({row['target']['loss']:.4g})"
-        machine = row.get("machine", "Intel(R) Xeon(R) Processor (1)")  # the first sitting's rows lack it
         lines.append(
             f"| {row['loss']} | {row['pair']}, {row['side']} px | `{row['variant']}` | {_evaluations(row['plans'])} "
             f"| {'**' + str(reached) + '**' if reached is not None else 'not reached'} | {final} | {row['seconds']} "
-            f"| {machine}, {row['loadavg'][0]} |"
+            f"| {row['machine']}, {row['loadavg'][0]} |"
         )
     return "\n".join(lines)
 

@@ -135,13 +135,13 @@ def mask_to_array(image: Image.Image, size: tuple[int, int]) -> FloatArray:
     return np.ascontiguousarray(np.clip(pixels, 0.0, 1.0))
 
 
-def resize(array: FloatArray, size: tuple[int, int]) -> FloatArray:
+def resize(
+    array: FloatArray, size: tuple[int, int], resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> FloatArray:
     """Resample a (1, 3, H, W) array to ``size`` (width, height) without 8-bit rounding (between scales)."""
     if (array.shape[3], array.shape[2]) == size:
         return array
-    channels = [
-        np.asarray(Image.fromarray(channel, "F").resize(size, Image.Resampling.LANCZOS)) for channel in array[0]
-    ]
+    channels = [np.asarray(Image.fromarray(channel, "F").resize(size, resample)) for channel in array[0]]
     resized: FloatArray = np.clip(np.stack(channels)[np.newaxis], 0.0, 1.0).astype(np.float32)
     return resized
 

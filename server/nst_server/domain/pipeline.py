@@ -63,7 +63,7 @@ def style_for_scale(style: FloatArray, ratio: float) -> FloatArray:
     return images.resize(style, (max(1, round(style.shape[3] * ratio)), max(1, round(style.shape[2] * ratio))))
 
 
-def canvas_for_scale(canvas: FloatArray, size: tuple[int, int], job: Job) -> FloatArray:
+def canvas_for_scale(canvas: FloatArray, size: tuple[int, int]) -> FloatArray:
     """The iterate as the next scale starts from it: resized (Lanczos) to that scale's (width, height)."""
     return images.resize(canvas, size)
 
@@ -169,7 +169,7 @@ def stylize(
     carried: float | None = None  # L-BFGS's gamma (H0 = gamma I) from the previous scale, carried to this one
     for number, (size, budget) in enumerate(((plan.size, plan.evaluations) for plan in plans), start=1):
         prepared = time.perf_counter()
-        canvas = canvas_for_scale(canvas, size, job)
+        canvas = canvas_for_scale(canvas, size)
         scale = _prepare_scale(model, job, styles, canvas, should_stop)
         optimising = time.perf_counter()
         preparing_s += optimising - prepared
