@@ -18,8 +18,9 @@ covariance, ``nst_server.domain.colour.match_colours``), upsample=bilinear (the 
 bilinear, not Lanczos, resampling), upsample=detail (carried up with the photo's detail that the coarser scale could
 not hold: the iterate resized up plus the photo at the new size less the photo resized down and up again, a
 Laplacian pyramid's finer band), coarse_optimizer=adam (Adam at the coarser scales, the variant's optimiser at the
-last), coarse_min_improvement=X (min_improvement at the coarser scales only) and pyramid=LEVELS:BASE (L-BFGS's
-H0 = gamma M, M the Laplacian-pyramid preconditioner ``nst_server.domain.optimise.pyramid_preconditioner``).
+last), coarse_min_improvement=X (min_improvement at the coarser scales only), pyramid=LEVELS:BASE (L-BFGS's
+H0 = gamma M, M the Laplacian-pyramid preconditioner ``nst_server.domain.optimise.pyramid_preconditioner``) and
+pairs=rescaled (L-BFGS's (s, y) pairs, not only its gamma, carried up a scale: ``rescaled_pairs``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,49 @@ def _upsampled(how: str, job: Any) -> Any:
     raise ValueError(f"upsample={how}: bilinear or detail")
 
 
+def _resized(vector: Any, shape: tuple[int, ...], size: tuple[int, int]) -> Any:
+    """A flat (3 * H * W) float32 vector, as an image of ``shape``, resized (Lanczos) to ``size`` without clipping:
+    steps and gradient changes are not pixels in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    channels = [np.asarray(Image.fromarray(channel, "F").resize(size)) for channel in vector.reshape(shape)[0]]
+    return np.stack(channels).ravel()
+
+
+def rescaled_pairs(s: Any, y: Any, shape: tuple[int, ...], size: tuple[int, int]) -> tuple[Any, Any]:
+    """One L-BFGS pair of a coarser scale as the next scale's: s resized, y resized and divided by the pixel ratio.
+
+    If the finer loss near the resized iterate is the coarser one seen through the resize U (f_fine(U x) ~ f(x)),
+    its gradient is ~ U g / r with r the ratio of pixel counts (U's transpose sums about r fine pixels per coarse
+    one), so y goes over as U y / r; then (U s).(U y / r) ~ s.y: each pair keeps its curvature along its step.
+    """
+    ratio = size[0] * size[1] / (shape[2] * shape[3])
+    return _resized(s, shape, size), _resized(y, shape, size) / ratio
+
+
+def carried_pairs(original: Any, sizes: list[tuple[int, int]]) -> Any:
+    """optimise._Pairs starting each scale after the first with the previous scale's pairs, ``rescaled_pairs``.
+
+    ``sizes`` lists the (width, height) of every scale begun so far (``pipeline.canvas_for_scale`` appends to it).
+    """
+    previous: list[Any] = []
+
+    class Carried(original):  # type: ignore[misc, valid-type]
+        def __init__(self, size: int, n: int, precondition: Any = None) -> None:
+            super().__init__(size, n, precondition)
+            if previous and len(sizes) > 1 and sizes[-1] != sizes[-2]:
+                old = previous[-1]
+                shape = (1, 3, sizes[-2][1], sizes[-2][0])
+                for row in old._order[-size:]:  # oldest first, as the two-loop recursion expects
+                    new = self.next_row
+                    self.s[new], self.y[new] = rescaled_pairs(old.s[row], old.y[row], shape, sizes[-1])
+                    self.keep(new)
+            previous[:] = [self]
+
+    return Carried
+
+
 def _per_scale(original: Any, coarse: dict[str, Any]) -> Any:
     """pipeline._optimise with ``coarse`` option overrides at every scale but the last."""
 
@@ -114,7 +158,7 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
     name, _, rest = spec.partition(":")
     saved_style, saved_canvas, saved_optimise = pipeline.style_for_scale, pipeline.canvas_for_scale, pipeline._optimise
     saved = {attr: getattr(schedule, attr) for attr in _CONSTANTS.values()}
-    saved_carry, saved_lbfgs = pipeline.carry_h0_gamma, optimise.lbfgs
+    saved_carry, saved_lbfgs, saved_pairs = pipeline.carry_h0_gamma, optimise.lbfgs, optimise._Pairs
     saved_placement = graphs.placements["lbfgs"]
     options = job.options
     coarse: dict[str, Any] = {}
@@ -144,6 +188,19 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
 
                 optimise.lbfgs = preconditioned
                 graphs.placements["lbfgs"] = "host"  # the step graphs (CPU's default placement) have no preconditioner
+            elif key == "pairs" and value == "rescaled":
+                sizes: list[tuple[int, int]] = []
+
+                def recorded(
+                    canvas: Any, size: tuple[int, int], sizes: list[tuple[int, int]] = sizes,
+                    inner: Any = pipeline.canvas_for_scale,
+                ) -> Any:  # fmt: skip
+                    sizes.append(size)
+                    return inner(canvas, size)
+
+                pipeline.canvas_for_scale = recorded
+                optimise._Pairs = carried_pairs(saved_pairs, sizes)  # type: ignore[misc]
+                graphs.placements["lbfgs"] = "host"  # the step graphs (CPU's default placement) keep their own pairs
             elif key == "coarse_min_improvement":
                 coarse["min_improvement"] = float(value)
             elif key == "init" and value == "matched":
@@ -181,6 +238,7 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
         for attr, value in saved.items():
             setattr(schedule, attr, value)
         pipeline.carry_h0_gamma, optimise.lbfgs = saved_carry, saved_lbfgs  # type: ignore[assignment]
+        optimise._Pairs = saved_pairs  # type: ignore[misc]
         graphs.placements["lbfgs"] = saved_placement
         pipeline.style_for_scale = saved_style  # type: ignore[assignment]
         pipeline.canvas_for_scale, pipeline._optimise = saved_canvas, saved_optimise  # type: ignore[assignment]
