@@ -19,7 +19,7 @@ from PIL import Image
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | np.ndarray[Any, Any]
 
 OptimizerName = Literal["lbfgs", "adam"]
-InitName = Literal["content", "gray", "noise", "image"]
+InitName = Literal["content", "gray", "noise", "image", "matched"]
 ColourPreservationName = Literal["none", "luminance", "histogram"]
 ImageFormatName = Literal["png", "jpeg", "webp"]
 HealthStatus = Literal["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]

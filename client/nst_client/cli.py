@@ -10,13 +10,13 @@ import secrets
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import grpc
 from nst.events import Event, Preview, Progress, Queued, Result, ScaleStarted, Started
 
 from ._client import SERVICE_NAME, StyleClient
-from ._types import Style, StyleTransferError, StylizeOptions
+from ._types import InitName, Style, StyleTransferError, StylizeOptions
 
 DEFAULT_SERVER = "localhost:50051"
 _INFO_TIMEOUT_S = 10.0  # info and health are quick questions: do not hang on a dead server without --timeout
@@ -138,7 +138,7 @@ def _add_optimisation_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--content-weight", type=_number(float, 0), metavar="ALPHA", help="content loss weight")
     run.add_argument("--style-weight", type=_number(float, 0), metavar="BETA", help="style loss weight")
     run.add_argument("--tv-weight", type=_number(float, 0), metavar="GAMMA", help="total variation weight")
-    run.add_argument("--init", choices=("content", "gray", "noise", "image"), help="start image (default: content)")
+    run.add_argument("--init", choices=get_args(InitName), help="start image (default: content)")
     run.add_argument("--init-image", type=Path, metavar="PATH", help="start image file for --init image")
     run.add_argument("--seed", type=_number(int, 0), help="seed of --init noise")
     run.add_argument("--lbfgs-history", type=_number(int, 1), metavar="M", help="L-BFGS memory (default: 10)")

@@ -69,7 +69,7 @@ def test_masks_are_sent_as_images_and_may_be_greyscale_arrays(tmp_path: Path) ->
     ("change", "message"),
     [
         ({"optimizer": "sgd"}, "optimizer: 'sgd' is not allowed; allowed: 'lbfgs', 'adam'"),
-        ({"init": "photo"}, "init: 'photo' is not allowed; allowed: 'content', 'gray', 'noise', 'image'"),
+        ({"init": "photo"}, "init: 'photo' is not allowed; allowed: 'content', 'gray', 'noise', 'image', 'matched'"),
         ({"seed": -1}, "seed: expected an integer >= 0"),
         ({"max_side_px": True}, "max_side_px: expected an integer >= 0"),
         ({"learning_rate": float("nan")}, "learning_rate: expected a number"),

@@ -27,6 +27,7 @@ class Init(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INIT_GRAY: _ClassVar[Init]
     INIT_NOISE: _ClassVar[Init]
     INIT_IMAGE: _ClassVar[Init]
+    INIT_MATCHED: _ClassVar[Init]
 
 class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -52,6 +53,7 @@ INIT_CONTENT: Init
 INIT_GRAY: Init
 INIT_NOISE: Init
 INIT_IMAGE: Init
+INIT_MATCHED: Init
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat

@@ -2,12 +2,15 @@
 
 Two ways to keep the photo's colours: transfer luminance only (the style's luminance, matched to the photo's
 mean and spread, gives the style targets; every returned image takes its chroma from the photo), or match each
-style image's colour distribution (mean and covariance) to the photo's before its targets are taken.
+style image's colour distribution (mean and covariance) to the photo's before its targets are taken. The same
+matching, the other way round, gives the start image ``Init.MATCHED``: the photo in the paintings' palette.
 Arrays follow the server's convention: float32 (1, 3, H, W), RGB in [0, 1]. YCbCr is full-range ITU-R BT.601
 (JPEG's), with Cb = Cr = 0 for gray.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,14 +58,37 @@ def _sqrt_and_inverse_sqrt(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return (vectors * roots) @ vectors.T, (vectors / roots) @ vectors.T
 
 
-def match_colours(style: FloatArray, content: FloatArray) -> FloatArray:
-    """The style with its RGB mean and covariance mapped onto the content's: x' = C_c^1/2 C_s^-1/2 (x - m_s) + m_c."""
-    style_pixels = style[0].reshape(3, -1).astype(np.float64)
-    content_pixels = content[0].reshape(3, -1).astype(np.float64)
-    style_mean = style_pixels.mean(axis=1, keepdims=True)
-    content_mean = content_pixels.mean(axis=1, keepdims=True)
-    _, style_inverse_root = _sqrt_and_inverse_sqrt(np.cov(style_pixels))
-    content_root, _ = _sqrt_and_inverse_sqrt(np.cov(content_pixels))
-    mapped = content_root @ style_inverse_root @ (style_pixels - style_mean) + content_mean
-    matched: FloatArray = np.clip(mapped, 0.0, 1.0).reshape(style.shape).astype(np.float32)
+def _moments(image: FloatArray) -> tuple[np.ndarray, np.ndarray]:
+    """RGB mean (3, 1) and covariance (3, 3) of an image's pixels, in float64."""
+    pixels = image[0].reshape(3, -1).astype(np.float64)
+    return pixels.mean(axis=1, keepdims=True), np.cov(pixels)
+
+
+def blended_moments(images: Sequence[FloatArray], weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the images' pixels pooled in proportion to ``weights`` (each image counts by its
+    weight, whatever its pixel count): the palette of several styles blended as their targets are."""
+    mean, second = np.zeros((3, 1)), np.zeros((3, 3))
+    for image, weight in zip(images, weights, strict=True):
+        image_mean, image_covariance = _moments(image)
+        mean += weight * image_mean
+        second += weight * (image_covariance + image_mean @ image_mean.T)
+    total = float(sum(weights))
+    mean, second = mean / total, second / total
+    return mean, second - mean @ mean.T
+
+
+def match_moments(image: FloatArray, mean: np.ndarray, covariance: np.ndarray) -> FloatArray:
+    """``image`` with its RGB mean and covariance mapped onto ``mean`` and ``covariance``:
+    x' = C^1/2 C_x^-1/2 (x - m_x) + m."""
+    pixels = image[0].reshape(3, -1).astype(np.float64)
+    image_mean, image_covariance = _moments(image)
+    _, inverse_root = _sqrt_and_inverse_sqrt(image_covariance)
+    root, _ = _sqrt_and_inverse_sqrt(covariance)
+    mapped = root @ inverse_root @ (pixels - image_mean) + mean
+    matched: FloatArray = np.clip(mapped, 0.0, 1.0).reshape(image.shape).astype(np.float32)
     return matched
+
+
+def match_colours(style: FloatArray, content: FloatArray) -> FloatArray:
+    """The style with its RGB mean and covariance mapped onto the content's (colour histogram matching)."""
+    return match_moments(style, *_moments(content))

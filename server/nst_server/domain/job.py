@@ -20,6 +20,9 @@ class Init(enum.Enum):
     GRAY = "gray"
     NOISE = "noise"
     IMAGE = "image"  # the caller's own starting image
+    # The photo with its colour mean and covariance mapped onto the styles' (blended by their weights, as their
+    # targets see them): it starts with the painting's palette, so the evaluations go to strokes and texture.
+    MATCHED = "matched"
 
 
 class ColourPreservation(enum.Enum):

@@ -20,11 +20,15 @@ from .targets import job_targets, layer_weights
 GRAY = 0.5  # the flat start image of Init.GRAY
 
 
-def initial_canvas(init: Init, job: Job) -> FloatArray:
-    """Where the optimisation starts, at the first scale's size: the photo, the caller's image, gray or noise."""
+def initial_canvas(init: Init, job: Job, styles: tuple[FloatArray, ...]) -> FloatArray:
+    """Where the optimisation starts, at the first scale's size: the photo (as it is, or in the palette of
+    ``styles``, the style images as their targets see them), the caller's image, gray or noise."""
     width, height = job_schedule(job)[0].size
     if init is Init.CONTENT and job.content is not None:
         return images.resize(job.content, (width, height)).copy()
+    if init is Init.MATCHED and job.content is not None and styles:
+        palette = colour.blended_moments(styles, [style.blend_weight for style in job.styles])
+        return images.resize(colour.match_moments(job.content, *palette), (width, height)).copy()
     if init is Init.IMAGE and job.init_image is not None:
         return images.resize(job.init_image, (width, height)).copy()
     if init is Init.GRAY:
@@ -161,7 +165,7 @@ def stylize(
         Started(job.job_id, job.model, *job.size, options.max_evaluations, options.optimizer, model.device, len(plans))
     )
     styles = _styles_for_colour(job)
-    canvas = initial_canvas(options.init, job)
+    canvas = initial_canvas(options.init, job, styles)
     iterations = evaluations = 0
     full_size_evaluations = 0.0
     preparing_s = optimising_s = evaluating_s = stepping_s = 0.0

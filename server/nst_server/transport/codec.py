@@ -36,6 +36,7 @@ _INITS: dict[int, Init | None] = {
     pb.INIT_GRAY: Init.GRAY,
     pb.INIT_NOISE: Init.NOISE,
     pb.INIT_IMAGE: Init.IMAGE,
+    pb.INIT_MATCHED: Init.MATCHED,
 }
 _FORMATS: dict[int, events.ImageFormat] = {
     pb.IMAGE_FORMAT_UNSPECIFIED: events.ImageFormat.PNG,
@@ -213,6 +214,8 @@ def _check_init(request: pb.StylizeRequest, options: Options) -> None:
         raise InvalidRequest(
             "options.init: INIT_CONTENT needs a content image; use INIT_NOISE, INIT_GRAY or INIT_IMAGE"
         )
+    if options.init is Init.MATCHED and not (has_content and request.style_images):
+        raise InvalidRequest("options.init: INIT_MATCHED needs a content image and a style image")
     if (options.init is Init.IMAGE) != bool(request.options.init_image):
         raise InvalidRequest("options.init_image: give it exactly when options.init is INIT_IMAGE")
     if options.colour_preservation is not ColourPreservation.NONE and not has_content:

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pytest
 from nst.events import Event, ImageFormat, Optimizer, Preview, Progress, Result, ScaleStarted, Started
 from nst.manifest import LossWeights, Manifest, content_target_name, gram_target_name
-from nst_server.domain import optimise, pipeline
+from nst_server.domain import colour, optimise, pipeline
 from nst_server.domain.errors import Cancelled, NonFiniteLoss
 from nst_server.domain.evaluation import Evaluation, FloatArray, ShouldStop
 from nst_server.domain.job import Init, Job, Options, Style
@@ -185,6 +185,17 @@ def test_init_sets_the_first_canvas() -> None:
     image = replace(image, init_image=_image(64, 48, value=0.75))
     _, _, own = _run(image)
     assert np.allclose(own.evaluators[0].calls[0], 0.75)
+
+
+def test_init_matched_starts_from_the_photo_in_the_styles_palette() -> None:
+    """The first canvas is the photo with its colours mapped onto the styles' pooled mean and covariance."""
+    job = _job(init=Init.MATCHED, styles=2, scales=1)
+    assert job.content is not None
+    expected = colour.match_moments(
+        job.content, *colour.blended_moments([s.image for s in job.styles], [s.blend_weight for s in job.styles])
+    )
+    _, _, model = _run(job)
+    np.testing.assert_allclose(model.evaluators[0].calls[0], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,8 @@ BAD: dict[str, tuple[pb.StylizeRequest, str]] = {
     "texture-too-small": (_request(b"", width_px=16), "options.width_px: 16 is out of range; allowed 32 to 256"),
     "texture-too-tall": (_request(b"", height_px=300), "options.height_px: 300 is out of range"),
     "init-content-without-content": (_request(b"", init=pb.INIT_CONTENT), "options.init: INIT_CONTENT needs a content"),
+    "init-matched-without-content": (_request(b"", init=pb.INIT_MATCHED), "options.init: INIT_MATCHED needs a content"),
+    "init-matched-without-style": (_request(styles=0, init=pb.INIT_MATCHED), "options.init: INIT_MATCHED needs a"),
     "init-image-missing": (_request(init=pb.INIT_IMAGE), "options.init_image: give it exactly when"),
     "init-image-unasked": (_request(init_image=png(32, 32)), "options.init_image: give it exactly when"),
     "colour-without-content": (_request(b"", colour_preservation=pb.COLOUR_PRESERVATION_LUMINANCE),
