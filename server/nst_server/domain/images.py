@@ -136,13 +136,17 @@ def mask_to_array(image: Image.Image, size: tuple[int, int]) -> FloatArray:
 
 
 def resize(
-    array: FloatArray, size: tuple[int, int], resample: Image.Resampling = Image.Resampling.LANCZOS
+    array: FloatArray,
+    size: tuple[int, int],
+    resample: Image.Resampling = Image.Resampling.LANCZOS,
+    clip: bool = True,
 ) -> FloatArray:
-    """Resample a (1, 3, H, W) array to ``size`` (width, height) without 8-bit rounding (between scales)."""
+    """Resample a (1, 3, H, W) array to ``size`` (width, height) without 8-bit rounding (between scales); ``clip``
+    keeps pixels in [0, 1] (Lanczos overshoots at edges), off for what is not pixels (L-BFGS's steps)."""
     if (array.shape[3], array.shape[2]) == size:
         return array
-    channels = [np.asarray(Image.fromarray(channel, "F").resize(size, resample)) for channel in array[0]]
-    resized: FloatArray = np.clip(np.stack(channels)[np.newaxis], 0.0, 1.0).astype(np.float32)
+    channels = np.stack([np.asarray(Image.fromarray(channel, "F").resize(size, resample)) for channel in array[0]])
+    resized: FloatArray = (np.clip(channels, 0.0, 1.0) if clip else channels)[np.newaxis].astype(np.float32)
     return resized
 
 
