@@ -337,10 +337,21 @@ def entry_key(entry: dict[str, Any]) -> tuple[str, str, int]:
     return entry.get("loss", "random"), entry.get("pair", f"{service.CONTENT} + {service.STYLE}"), int(entry["side"])
 
 
+def machine_of(entry: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """The machine an entry's runs ran on: its own, or (entries from one sitting) the results'."""
+    about: dict[str, Any] = entry.get("machine") or results["machine"]
+    return about
+
+
 def merge(results: dict[str, Any], other: dict[str, Any]) -> None:
-    """``other``'s runs join those of the same case in ``results``; cases only ``other`` has are added."""
+    """``other``'s runs join those of the same case on the same CPU in ``results``; the rest are added as cases of
+    their own, keeping their machine: ratios compare runs of one machine only."""
     for entry in other["sizes"]:
-        same = next((e for e in results["sizes"] if entry_key(e) == entry_key(entry)), None)
+        cpu = machine_of(entry, other)["cpu"]
+        same = next(
+            (e for e in results["sizes"] if entry_key(e) == entry_key(entry) and machine_of(e, results)["cpu"] == cpu),
+            None,
+        )
         if same is None:
             entry.setdefault("machine", other.get("machine"))
             results["sizes"].append(entry)
@@ -448,11 +459,11 @@ def table(results: dict[str, Any]) -> str:
     header += " reaches scipy-lbfgsb's final loss after s (ratio) | reaches torch-lbfgs's | reaches c2f-scipy's |"
     header += " machine (threads), load before → after |"
     lines = [header, "|" + "---|" * 11]
-    for entry in sorted(results["sizes"], key=entry_key):
+    for entry in sorted(results["sizes"], key=lambda e: (*entry_key(e), machine_of(e, results)["cpu"])):
         runs = entry["runs"]
         peers = {name: run for name, run in runs.items() if run["kind"] == "peer"}
         loss, pair, side = entry_key(entry)
-        about = entry.get("machine") or results["machine"]
+        about = machine_of(entry, results)
         for name, run in runs.items():
             equivalents = run.get("full_size_evaluations", run["evaluations"])
             cells = []
@@ -477,18 +488,18 @@ def table(results: dict[str, Any]) -> str:
 
 
 def summary(results: dict[str, Any]) -> str:
-    """Per loss and size, over the pairs: the ratio to the yardstick (median, range) and the final loss against
-    the single-scale run's (median, range), for each service run."""
-    cases: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    """Per loss, size and machine, over the pairs: the ratio to the yardstick (median, range) and the final loss
+    against the single-scale run's (median, range), for each service run."""
+    cases: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for entry in results["sizes"]:
         loss, _, side = entry_key(entry)
-        cases.setdefault((loss, side), []).append(entry)
+        cases.setdefault((loss, side, machine_of(entry, results)["cpu"]), []).append(entry)
     lines = [
-        f"| loss | size | run | pairs | time to reach {YARDSTICK}'s final loss / its time: median (range) |"
+        f"| loss | size | machine | run | pairs | time to reach {YARDSTICK}'s final loss / its time: median (range) |"
         " final loss / single-scale's: median (range) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (loss, side), entries in sorted(cases.items()):
+    for (loss, side, cpu), entries in sorted(cases.items()):
         names = sorted({n for e in entries for n, r in e["runs"].items() if r["kind"] == "service"})
         for name in names:
             ratios, finals = [], []
@@ -504,7 +515,7 @@ def summary(results: dict[str, Any]) -> str:
             if not ratios:
                 continue
             lines.append(
-                f"| {losses.LABELS[loss]} | {side} px | {name} | {len(ratios)} | {_spread(ratios)} | "
+                f"| {losses.LABELS[loss]} | {side} px | {cpu} | {name} | {len(ratios)} | {_spread(ratios)} | "
                 f"{_spread(finals, '.4f') if finals else '-'} |"
             )
     return "\n".join(lines)
@@ -524,7 +535,7 @@ def render(results: dict[str, Any], out: Path, doc_path: Path = DOC) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = sorted(results["sizes"], key=entry_key)
+    entries = sorted(results["sizes"], key=lambda e: (*entry_key(e), machine_of(e, results)["cpu"]))
     columns = min(3, len(entries))
     rows = -(-len(entries) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.5 * rows), squeeze=False)
@@ -541,13 +552,14 @@ def render(results: dict[str, Any], out: Path, doc_path: Path = DOC) -> None:
         axis.set_xlabel("wall-clock seconds from the call")
         axis.set_ylabel("total loss (full size)")
         loss, pair, side = entry_key(entry)
-        axis.set_title(f"{losses.LABELS[loss]}: {pair}, {side} px, {entry['budget']} evaluations",
+        cpu = machine_of(entry, results)["cpu"]
+        axis.set_title(f"{losses.LABELS[loss]}: {pair}, {side} px, {entry['budget']} evaluations, {cpu}",
                        fontsize=9)  # fmt: skip
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out / PLOT, dpi=90)
-    machines = {json.dumps(entry.get("machine") or results["machine"], sort_keys=True) for entry in entries}
+    machines = {json.dumps(machine_of(entry, results), sort_keys=True) for entry in entries}
     about = "; ".join(
         f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {m['threads']} thread(s) per run"
         for m in map(json.loads, sorted(machines))

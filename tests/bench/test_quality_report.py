@@ -37,9 +37,26 @@ def test_merge_joins_runs_of_the_same_case_and_adds_new_cases() -> None:
             _entry("c + d", {"default": _run("service", 5, 0.9, [])}),
         ],
     }
+    other["machine"] = {"cpu": "a"}
     merge(results, other)
     assert [sorted(e["runs"]) for e in results["sizes"]] == [["default", "scipy-lbfgsb"], ["default"]]
-    assert results["sizes"][1]["machine"] == {"cpu": "b"}  # the added case keeps the machine it ran on
+    assert results["sizes"][1]["machine"] == {"cpu": "a"}  # the added case keeps the machine it ran on
+
+
+def test_runs_of_another_machine_stay_a_case_of_their_own() -> None:
+    """The same loss, pair and size on another CPU is not merged into the first: its ratios are its own."""
+
+    def runs(peer_s: float) -> dict[str, Any]:
+        return {"scipy-lbfgsb": _run("peer", peer_s, 1.0, []), "default": _run("service", 9, 1.0, [(5.0, 1.0)])}
+
+    results = {"machine": {"cpu": "a"}, "sizes": [_entry("a + b", runs(10))]}
+    merge(results, {"machine": {"cpu": "b"}, "sizes": [_entry("a + b", runs(20))]})
+    assert [e["runs"]["scipy-lbfgsb"]["seconds"] for e in results["sizes"]] == [10, 20]
+    assert results["sizes"][1]["machine"] == {"cpu": "b"}
+    rows = [line for line in summary(results).splitlines() if "| default |" in line]
+    assert [row.split(" | ")[2] for row in rows] == ["a", "b"]  # one row per machine
+    assert "**0.50**" in rows[0]  # 5 s of a's 10 s peer, not of b's
+    assert "**0.25**" in rows[1]
     assert entry_key({"side": 512, "runs": {}})[0] == "random"
 
 
@@ -54,7 +71,7 @@ def test_summary_gives_the_median_and_range_over_pairs() -> None:
             "single-scale": _run("service", 9.0, 1.0, [(3.0, 0.5)]),
         }
         entries.append(_entry(pair, runs))
-    text = summary({"sizes": entries})
+    text = summary({"machine": {"cpu": "c"}, "sizes": entries})
     default = next(line for line in text.splitlines() if "| default |" in line)
     assert "| 3 | **0.50** (0.20-not reached) | **1.1000** (1.0000-1.3000) |" in default
     single = next(line for line in text.splitlines() if "| single-scale |" in line)
