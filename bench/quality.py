@@ -6,8 +6,9 @@ Peers, each over the same seeded VGG19 weights, loss weights, images and thread 
   [0, 1] and ftol = gtol = 0 (Gatys et al.'s own choice; scipy's default history of 10), at full size;
 - ``torch-lbfgs``: ``torch.optim.LBFGS`` (history 100, strong-Wolfe line search, no tolerances), clamped to
   [0, 1] after, as the usual PyTorch code does;
-- ``c2f-scipy``: the careful user who goes coarse to fine (as crowsonkb's style-transfer does): the service's
-  default sizes and budgets per scale (``nst_server.domain.schedule``), photo and painting resized to each scale
+- ``c2f-scipy``: the careful user who goes coarse to fine (as crowsonkb's style-transfer does): the sizes and
+  budgets of the server's coarse-to-fine schedule (``coarse_to_fine``, the default until issue 27), photo and
+  painting resized to each scale
   as the service resizes them, ``scipy-lbfgsb`` at each scale from the previous scale's result resized up.
 
 The service runs as a real ``nst-server`` process, through the client; every event is timed from the call.
@@ -128,11 +129,13 @@ def _scipy_lbfgsb(
 
 
 def coarse_to_fine_plan(size: tuple[int, int], budget: int) -> list[tuple[tuple[int, int], int]]:
-    """The service's default scales for ``size`` (width, height): ((width, height), evaluations), coarsest first."""
+    """The server's coarse-to-fine scales for ``size`` (width, height), the default until issue 27:
+    ((width, height), evaluations), coarsest first."""
     from nst_server.domain.job import Options
     from nst_server.domain.schedule import schedule
 
-    return [(plan.size, plan.evaluations) for plan in schedule(size, Options(max_evaluations=budget))]
+    plans = schedule(size, Options(max_evaluations=budget, coarse_to_fine=True))
+    return [(plan.size, plan.evaluations) for plan in plans]
 
 
 def run_peer(name: str, reference: Reference, budget: int) -> dict[str, Any]:
@@ -269,9 +272,16 @@ def _schedules(specs: list[str], budget: int) -> dict[str, dict[str, Any]]:
         for item in filter(None, rest.split(",")):
             key, _, value = item.partition("=")
             value = value.replace("{budget}", str(budget))
-            options[key] = int(value) if value.isdigit() else float(value) if _is_float(value) else value
+            options[key] = _value(value)
         runs[name] = options
     return runs
+
+
+def _value(text: str) -> Any:
+    """An option's value from its text: a bool (true, false), an int, a float, or else the word itself."""
+    if text in ("true", "false"):
+        return text == "true"
+    return int(text) if text.isdigit() else float(text) if _is_float(text) else text
 
 
 def _is_float(text: str) -> bool:
@@ -386,9 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         "--schedule",
         action="append",
         help="service runs, NAME[:option=value,...] (default: 'default' = the server's defaults with the peers' "
-        "budget, and 'single-scale' = scales=1 with the same budget; 'none': peers only)",
+        "budget, 'single-scale' = one scale from the photo (scales=1,init=content) and 'coarse-to-fine' = the "
+        "server's coarse-to-fine schedule from the photo, the default until issue 27, with the same budget; 'none': "
+        "peers only)",
     )
-    parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS), help="which peers (default all)")
+    parser.add_argument(
+        "--peers", nargs="*", choices=PEERS, default=list(PEERS),
+        help="which peers (default all; none: the service runs only, to --merge with peers run before)",
+    )  # fmt: skip
     parser.add_argument(
         "--merge", type=Path, nargs="+", default=[],
         help="with --report-only: more quality.json files whose runs join those of the same loss, pair and size "
@@ -407,7 +422,11 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
         render(results, args.out, args.doc)
         return 0
-    specs = args.schedule or ["default:max_evaluations={budget}", "single-scale:scales=1,max_evaluations={budget}"]
+    specs = args.schedule or [
+        "default:max_evaluations={budget}",
+        "single-scale:scales=1,init=content,max_evaluations={budget}",
+        "coarse-to-fine:coarse_to_fine=true,init=content,max_evaluations={budget}",
+    ]
     specs = [spec for spec in specs if spec != "none"]  # --schedule none: peers only
     from nst_client import StyleClient
     from nst_server.testing import start_server

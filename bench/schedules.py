@@ -10,11 +10,13 @@ The headline figures come from `python -m bench.quality`, through gRPC; this mod
 
     python -m bench.schedules --loss ranvgg --side 256 --target-evaluations 200 --budget 200 VARIANT ...
 
-A VARIANT is NAME[:key=value,...] with keys among the pipeline constants (ratio, coarsest, growth), the
-options (scales, coarse_evaluations, lbfgs_history, optimizer, learning_rate, min_improvement), carry=0
-(no L-BFGS state across scales), style=full (coarser scales' style targets from the whole painting, not one
-resized to the scale), init=matched (start from the photo with the painting's colour mean and
-covariance, ``nst_server.domain.colour.match_colours``), upsample=bilinear (the iterate carried up a scale by
+A VARIANT is NAME[:key=value,...] and starts from the server's defaults: since issue 27 one scale from the photo
+in the painting's colours (``init=matched``); the rows measured before that ran on the coarse-to-fine default from
+the photo, which ``coarse_to_fine=1,init=content`` reproduces. Keys: the constants of the coarse-to-fine
+schedule (ratio, coarsest, growth; with coarse_to_fine=1), the options (scales, coarse_to_fine,
+coarse_evaluations, lbfgs_history, optimizer, learning_rate, min_improvement, init: content, matched, gray or
+noise), carry=0 (no L-BFGS state across scales), style=full (coarser scales' style targets from the whole
+painting, not one resized to the scale), upsample=bilinear (the iterate carried up a scale by
 bilinear, not Lanczos, resampling), upsample=detail (carried up with the photo's detail that the coarser scale could
 not hold: the iterate resized up plus the photo at the new size less the photo resized down and up again, a
 Laplacian pyramid's finer band), coarse_optimizer=adam (Adam at the coarser scales, the variant's optimiser at the
@@ -150,9 +152,8 @@ def _per_scale(original: Any, coarse: dict[str, Any]) -> Any:
 def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]:
     """One in-process job under a variant; when its final-scale loss first reaches ``goal``."""
     from nst.events import Optimizer, Progress, ScaleStarted
-    from nst_server.domain import colour, optimise, pipeline, schedule
+    from nst_server.domain import optimise, pipeline, schedule
     from nst_server.domain.errors import Cancelled
-    from nst_server.domain.job import Init
 
     name, _, rest = spec.partition(":")
     saved_style, saved_canvas, saved_optimise = pipeline.style_for_scale, pipeline.canvas_for_scale, pipeline._optimise
@@ -202,13 +203,10 @@ def run_variant(graphs: Any, job: Any, spec: str, goal: float) -> dict[str, Any]
                 graphs.placements["lbfgs"] = "host"  # the step graphs (CPU's default placement) keep their own pairs
             elif key == "coarse_min_improvement":
                 coarse["min_improvement"] = float(value)
-            elif key == "init" and value == "matched":
-                matched = colour.match_colours(job.content, job.styles[0].image)
-                options = dataclasses.replace(options, init=Init.IMAGE)
-                job = dataclasses.replace(job, init_image=matched)
             else:
                 field = type(getattr(options, key))
-                options = dataclasses.replace(options, **{key: field(value)})
+                parsed = value in ("1", "true") if field is bool else field(value)
+                options = dataclasses.replace(options, **{key: parsed})
         if coarse:
             pipeline._optimise = _per_scale(saved_optimise, coarse)
         state: dict[str, Any] = {"fraction": 1.0, "evaluations": 0, "equivalent": 0.0, "last": False, "reached": None}

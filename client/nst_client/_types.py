@@ -127,13 +127,13 @@ class StylizeOptions:
     content_weight: float | None = None  # alpha (the model's default)
     style_weight: float | None = None  # beta (the model's default)
     tv_weight: float | None = None  # gamma (the model's default)
-    init: InitName | None = None  # start image: the photo when there is one and a style, else noise
+    init: InitName | None = None  # start image: the photo in the styles' colours when there are both, else noise
     seed: int | None = None  # of the noise start (0)
     preview_every: int | None = None  # a Preview every N iterations (never)
     output_format: ImageFormatName | None = None  # "png" (default), "jpeg" or "webp"
     lbfgs_history: int | None = None  # L-BFGS memory (10)
     colour_preservation: ColourPreservationName | None = None  # "none" (default), "luminance" or "histogram"
-    scales: int | None = None  # coarse-to-fine steps, sqrt(2) apart (the server's schedule, from the size)
+    scales: int | None = None  # coarse-to-fine steps, sqrt(2) apart (one)
     coarse_evaluations: int | None = None  # budget of each scale but the last, with scales (max_evaluations)
     init_image: ImageInput | None = None  # the start image, with init="image"
     content_layers: Sequence[str] | None = None  # subset of the model's (all)
@@ -145,3 +145,4 @@ class StylizeOptions:
     tileable: bool | None = None  # True: circular padding, the output tiles without a seam (False)
     # A greyscale image at the output's aspect ratio, white where no style applies and the photo is kept (none)
     content_only_mask: ImageInput | None = None
+    coarse_to_fine: bool | None = None  # True: the server's coarse-to-fine schedule, with scales unset (False)

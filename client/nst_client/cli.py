@@ -138,7 +138,10 @@ def _add_optimisation_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--content-weight", type=_number(float, 0), metavar="ALPHA", help="content loss weight")
     run.add_argument("--style-weight", type=_number(float, 0), metavar="BETA", help="style loss weight")
     run.add_argument("--tv-weight", type=_number(float, 0), metavar="GAMMA", help="total variation weight")
-    run.add_argument("--init", choices=get_args(InitName), help="start image (default: content)")
+    run.add_argument(
+        "--init", choices=get_args(InitName),
+        help="start image (default: matched, the photo in the styles' colours; noise without a photo or a style)",
+    )  # fmt: skip
     run.add_argument("--init-image", type=Path, metavar="PATH", help="start image file for --init image")
     run.add_argument("--seed", type=_number(int, 0), help="seed of --init noise")
     run.add_argument("--lbfgs-history", type=_number(int, 1), metavar="M", help="L-BFGS memory (default: 10)")
@@ -164,8 +167,13 @@ def _add_art_flags(art: argparse._ArgumentGroup) -> None:
     )  # fmt: skip
     art.add_argument(
         "--scales", type=_number(int, 1), metavar="N",
-        help="coarse-to-fine scales, from the coarsest to the output's size (default: the server's schedule, "
-        "from the size); N scales: the first at 1/sqrt(2)^(N-1) of the size, as the proto's options.scales says",
+        help="coarse-to-fine scales, from the coarsest to the output's size (default: 1); N scales: the first at "
+        "1/sqrt(2)^(N-1) of the size, as the proto's options.scales says",
+    )  # fmt: skip
+    art.add_argument(
+        "--coarse-to-fine", action="store_true", default=None,
+        help="the server's coarse-to-fine schedule (sizes halving from the output's; --max-evaluations counts "
+        "full-size equivalents), not with --scales",
     )  # fmt: skip
     art.add_argument(
         "--coarse-evaluations", "--coarse-iterations", dest="coarse_evaluations", type=_number(int, 1), metavar="N",

@@ -77,6 +77,8 @@ picture() {  # picture NAME COMMAND...: run COMMAND (writing NAME.png) if NAME i
     cp "$name.png" "$gallery/$name.png"
 }
 
+# Every stylisation says --init content: the pictures were made when the photo itself was the default start (the
+# default is now the photo in the painting's colours, --init matched; issue 27).
 # Side by side: ranVGG (max pooling, the export's default), ranVGG with average pooling (reconstruction only) and
 # today's random weights: reconstruction from relu4_2, texture, stylisation.
 picture reconstruction-ranvgg nst stylize tubingen.jpg -o reconstruction-ranvgg.png --model ranvgg --size 128 \
@@ -88,22 +90,22 @@ picture reconstruction-random nst stylize tubingen.jpg -o reconstruction-random.
 picture texture-ranvgg nst stylize starry_night_google.jpg --texture -o texture-ranvgg.png --model ranvgg \
     --size 128 --max-evaluations 100
 picture stylize-ranvgg nst stylize tubingen.jpg starry_night_google.jpg -o stylize-ranvgg.png --model ranvgg \
-    --size 128 --max-evaluations 100
+    --size 128 --max-evaluations 100 --init content
 picture texture-random nst stylize starry_night_google.jpg --texture -o texture-random.png --model random \
     --size 128 --max-evaluations 100
 picture stylize-random nst stylize tubingen.jpg starry_night_google.jpg -o stylize-random.png --model random \
-    --size 128 --max-evaluations 100
+    --size 128 --max-evaluations 100 --init content
 
-# The gallery (ranVGG, the server's default model). At 128 px the server's own schedule is one scale.
+# The gallery (ranVGG, the server's default model), one scale unless said.
 picture blend nst stylize tubingen.jpg starry_night_google.jpg the_scream.jpg -o blend.png --size 128 \
-    --max-evaluations 100 --blend-weights 0.5,0.5
+    --max-evaluations 100 --blend-weights 0.5,0.5 --init content
 picture luminance nst stylize tubingen.jpg starry_night_google.jpg -o luminance.png --size 128 \
-    --max-evaluations 100 --preserve-colour luminance
-# At 256 px the server's schedule is coarse to fine: 128 px, then 256 px from its result.
+    --max-evaluations 100 --preserve-colour luminance --init content
+# At 256 px the server's coarse-to-fine schedule runs 128 px, then 256 px from its result.
 picture coarse-to-fine nst stylize tubingen.jpg starry_night_google.jpg -o coarse-to-fine.png --size 256 \
-    --max-evaluations 100
+    --max-evaluations 100 --coarse-to-fine --init content
 picture masks nst stylize tubingen.jpg the_scream.jpg starry_night_google.jpg -o masks.png --size 128 \
-    --max-evaluations 100 --style-masks sky.png,town.png
+    --max-evaluations 100 --style-masks sky.png,town.png --init content
 picture tileable nst stylize starry_night_google.jpg --texture --tileable -o tileable.png --size 128 \
     --max-evaluations 100
 if [[ -f tileable.png ]]; then  # four copies edge to edge: a seam would show as a cross through the middle

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bench.losses import balanced_style_weight
-from bench.quality import entry_key, merge, summary
+from bench.quality import _schedules, entry_key, merge, summary
 
 
 def test_balanced_style_weight_puts_the_style_gradient_at_ten_times_the_content_gradient() -> None:
@@ -76,3 +76,11 @@ def test_summary_gives_the_median_and_range_over_pairs() -> None:
     assert "| 3 | **0.50** (0.20-not reached) | **1.1000** (1.0000-1.3000) |" in default
     single = next(line for line in text.splitlines() if "| single-scale |" in line)
     assert "**0.30** (0.30-0.30)" in single
+
+
+def test_schedule_specs_parse_bools_numbers_and_words() -> None:
+    """--schedule NAME:key=value,...: true/false are bools (coarse_to_fine), digits ints, {budget} the budget."""
+    specs = _schedules(["c2f:coarse_to_fine=true,init=content,max_evaluations={budget},min_improvement=0.002"], 200)
+    assert specs == {
+        "c2f": {"coarse_to_fine": True, "init": "content", "max_evaluations": 200, "min_improvement": 0.002}
+    }

@@ -89,7 +89,7 @@ class StyleImage(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., blend_weight: _Optional[float] = ..., scale: _Optional[float] = ..., mask: _Optional[bytes] = ..., source_mask: _Optional[bytes] = ...) -> None: ...
 
 class StylizeOptions(_message.Message):
-    __slots__ = ("max_side_px", "max_evaluations", "optimizer", "learning_rate", "content_weight", "style_weight", "tv_weight", "init", "seed", "preview_every", "output_format", "lbfgs_history", "colour_preservation", "scales", "coarse_evaluations", "init_image", "content_layers", "style_layers", "style_layer_weights", "width_px", "height_px", "min_improvement", "tileable", "content_only_mask")
+    __slots__ = ("max_side_px", "max_evaluations", "optimizer", "learning_rate", "content_weight", "style_weight", "tv_weight", "init", "seed", "preview_every", "output_format", "lbfgs_history", "colour_preservation", "scales", "coarse_evaluations", "init_image", "content_layers", "style_layers", "style_layer_weights", "width_px", "height_px", "min_improvement", "tileable", "content_only_mask", "coarse_to_fine")
     MAX_SIDE_PX_FIELD_NUMBER: _ClassVar[int]
     MAX_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class StylizeOptions(_message.Message):
     MIN_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
     TILEABLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_ONLY_MASK_FIELD_NUMBER: _ClassVar[int]
+    COARSE_TO_FINE_FIELD_NUMBER: _ClassVar[int]
     max_side_px: int
     max_evaluations: int
     optimizer: Optimizer
@@ -138,7 +139,8 @@ class StylizeOptions(_message.Message):
     min_improvement: float
     tileable: bool
     content_only_mask: bytes
-    def __init__(self, max_side_px: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., init: _Optional[_Union[Init, str]] = ..., seed: _Optional[int] = ..., preview_every: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., lbfgs_history: _Optional[int] = ..., colour_preservation: _Optional[_Union[ColourPreservation, str]] = ..., scales: _Optional[int] = ..., coarse_evaluations: _Optional[int] = ..., init_image: _Optional[bytes] = ..., content_layers: _Optional[_Iterable[str]] = ..., style_layers: _Optional[_Iterable[str]] = ..., style_layer_weights: _Optional[_Iterable[float]] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ..., min_improvement: _Optional[float] = ..., tileable: _Optional[bool] = ..., content_only_mask: _Optional[bytes] = ...) -> None: ...
+    coarse_to_fine: bool
+    def __init__(self, max_side_px: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., content_weight: _Optional[float] = ..., style_weight: _Optional[float] = ..., tv_weight: _Optional[float] = ..., init: _Optional[_Union[Init, str]] = ..., seed: _Optional[int] = ..., preview_every: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., lbfgs_history: _Optional[int] = ..., colour_preservation: _Optional[_Union[ColourPreservation, str]] = ..., scales: _Optional[int] = ..., coarse_evaluations: _Optional[int] = ..., init_image: _Optional[bytes] = ..., content_layers: _Optional[_Iterable[str]] = ..., style_layers: _Optional[_Iterable[str]] = ..., style_layer_weights: _Optional[_Iterable[float]] = ..., width_px: _Optional[int] = ..., height_px: _Optional[int] = ..., min_improvement: _Optional[float] = ..., tileable: _Optional[bool] = ..., content_only_mask: _Optional[bytes] = ..., coarse_to_fine: _Optional[bool] = ...) -> None: ...
 
 class StylizeResponse(_message.Message):
     __slots__ = ("queued", "started", "progress", "preview", "result", "scale_started")

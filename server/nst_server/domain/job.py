@@ -40,25 +40,30 @@ class Options:
     optimizer: Optimizer = Optimizer.LBFGS
     learning_rate: float = 0.02  # Adam's step in [0, 1] pixel units
     loss_weights: LossWeights | None = None  # None: the model's defaults for its weights flavour
-    init: Init = Init.CONTENT  # when the request leaves it unset: default_init(has_content, has_style)
+    init: Init = Init.MATCHED  # when the request leaves it unset: default_init(has_content, has_style)
     seed: int = 0
     preview_every: int = 0  # iterations between previews; 0 = none
     output_format: ImageFormat = ImageFormat.PNG
     lbfgs_history: int = 10
     colour_preservation: ColourPreservation = ColourPreservation.NONE
-    scales: int = 0  # coarse-to-fine steps, sqrt(2) apart in size; 0 = the server's schedule (schedule.schedule)
+    scales: int = 0  # coarse-to-fine steps, sqrt(2) apart in size; 0 = one, or the server's with coarse_to_fine
     coarse_evaluations: int = 0  # budget of each scale but the last, with scales set; 0 = max_evaluations
     min_improvement: float = 0.0  # stop a scale when the loss falls by less than this over 10 iterations; 0 = off
     content_layers: tuple[str, ...] = ()  # subset of the model's; () = all
     style_layers: tuple[str, ...] = ()  # subset of the model's; () = all
     style_layer_weights: tuple[float, ...] = ()  # one per style layer, normalised; () = equal
     tileable: bool = False  # circular padding everywhere: the output wraps around without a seam
+    coarse_to_fine: bool = False  # the server's coarse-to-fine schedule (schedule.schedule), with scales unset
 
 
 def default_init(has_content: bool, has_style: bool) -> Init:
-    """Where a job starts when the request does not say: the photo when there is a photo to start from and a style
-    to move it towards; otherwise (texture synthesis, content reconstruction) seeded noise."""
-    return Init.CONTENT if has_content and has_style else Init.NOISE
+    """Where a job starts when the request does not say: the photo in the styles' palette when there is a photo to
+    start from and a style to move it towards; otherwise (texture synthesis, content reconstruction) seeded noise.
+
+    Gatys et al. start from white noise (and, in their Fig. 6, compare the photo and the painting as starts);
+    starting from the photo in the painting's colours reached scipy L-BFGS-B's loss in the fewest evaluations
+    of every start and schedule measured (BENCHMARKS.md, "Time to quality")."""
+    return Init.MATCHED if has_content and has_style else Init.NOISE
 
 
 @dataclass(frozen=True, slots=True)

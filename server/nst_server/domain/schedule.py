@@ -1,9 +1,12 @@
-"""The coarse-to-fine schedule: the size of each scale, its budget, and what carries from one scale to the next.
+"""The schedule of scales: the size of each scale, its budget, and what carries from one scale to the next.
 
-Gatys et al. optimise at one size; running coarse to fine (Gatys et al., "Controlling Perceptual Factors in Neural
-Style Transfer", CVPR 2017; Galerne et al.'s SPST, 2023) gives the large structures of the style room at a scale
-where they are cheap. The server's places that name scales (the codec's limits, the pipeline's loop) take them
-from here; the client, which never imports the server, names the caller's schedule as the proto documents it.
+Gatys et al. optimise at one size, and so does a job by default. Running coarse to fine (Gatys et al.,
+"Controlling Perceptual Factors in Neural Style Transfer", CVPR 2017; Galerne et al.'s SPST, 2023) gives the
+large structures of the style room at a scale where they are cheap; but where the Gram terms dominate the loss,
+as they do with trained weights, it ended above one scale at the same budget (BENCHMARKS.md, "Time to quality"),
+so it is the caller's choice: ``scales`` or ``coarse_to_fine``. The server's places that name scales (the
+codec's limits, the pipeline's loop) take them from here; the client, which never imports the server, names the
+caller's schedule as the proto documents it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from .images import MIN_SIDE_PX
 from .job import Job, Options
 
 SCALE_RATIO = math.sqrt(2)  # between the sizes of consecutive scales of a caller's schedule (Options.scales set)
-# The server's own schedule (Options.scales = 0), after SPST (Galerne et al. 2023), with its constants measured by
-# `python -m bench.schedules` (BENCHMARKS.md, "Time to quality"):
+# The server's coarse-to-fine schedule (Options.coarse_to_fine), after SPST (Galerne et al. 2023), with its
+# constants measured by `python -m bench.schedules` (BENCHMARKS.md, "Time to quality"):
 AUTO_RATIO = 2.0  # between consecutive scales
 AUTO_COARSEST_SIDE_PX = 128  # scales are added while the next coarser one keeps at least this longest side
 # Each coarser scale gets this many times the next one's evaluations. SPST gives the coarser scales more (a factor
@@ -58,18 +61,20 @@ def full_size_fraction(scale: tuple[int, int], size: tuple[int, int]) -> float:
 def schedule(size: tuple[int, int], options: Options, smallest_side: int | None = None) -> list[ScalePlan]:
     """The scales of a job, coarsest first, with their budgets.
 
-    ``scales`` unset (0): the server's schedule. The scale count follows from the size (auto_scale_count),
-    sizes AUTO_RATIO apart, and each coarser scale gets AUTO_GROWTH times the evaluations of the next, so
-    that the budgets, weighted by full_size_fraction, add up to at most ``max_evaluations``: there it counts
-    full-size-equivalent evaluations. ``scales`` set: the caller's schedule, sizes SCALE_RATIO apart,
-    ``coarse_evaluations`` (default ``max_evaluations``) at each coarser scale and ``max_evaluations`` at the
-    last: there it counts the last scale's evaluations.
+    By default one scale, the output's, with all of ``max_evaluations``. ``scales`` set: the caller's schedule,
+    sizes SCALE_RATIO apart, ``coarse_evaluations`` (default ``max_evaluations``) at each coarser scale and
+    ``max_evaluations`` at the last: there it counts the last scale's evaluations. ``coarse_to_fine``: the
+    server's schedule. The scale count follows from the size (auto_scale_count), sizes AUTO_RATIO apart, and
+    each coarser scale gets AUTO_GROWTH times the evaluations of the next, so that the budgets, weighted by
+    full_size_fraction, add up to at most ``max_evaluations``: there it counts full-size-equivalent evaluations.
     """
     budget = options.max_evaluations
     if options.scales:
         sizes = scale_sizes(size, options.scales)
         coarse = options.coarse_evaluations or budget
         return [ScalePlan(s, coarse) for s in sizes[:-1]] + [ScalePlan(sizes[-1], budget)]
+    if not options.coarse_to_fine:
+        return [ScalePlan(size, budget)]
     for count in range(auto_scale_count(size, smallest_side), 0, -1):  # fewer scales when the budget is tiny
         sizes = auto_sizes(size, count)
         shares = [AUTO_GROWTH ** (count - 1 - k) for k in range(count)]

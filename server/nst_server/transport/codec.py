@@ -87,6 +87,12 @@ def _weight(field: str, options: pb.StylizeOptions, default: float) -> float:
     return _bounded_weight(f"options.{field}", getattr(options, field)) if options.HasField(field) else default
 
 
+def _coarse_to_fine(options: pb.StylizeOptions) -> bool:
+    if options.coarse_to_fine and options.scales:
+        raise InvalidRequest("options.coarse_to_fine: the server's own schedule; leave options.scales unset with it")
+    return options.coarse_to_fine
+
+
 def _min_improvement(options: pb.StylizeOptions) -> float:
     value = options.min_improvement if options.HasField("min_improvement") else 0.0
     if not math.isfinite(value) or not 0 <= value < 1:
@@ -166,6 +172,7 @@ def options_from_pb(
         style_layers=style_layers,
         style_layer_weights=_style_layer_weights(options, style_layers or manifest.style_layers),
         tileable=options.tileable,
+        coarse_to_fine=_coarse_to_fine(options),
     )  # fmt: skip
 
 
@@ -340,7 +347,8 @@ def _check_untiled(plan: JobPlan, tileable: bool) -> None:
 
 def _check_scales(size: tuple[int, int], style_sizes: Sequence[tuple[int, int]], options: Options) -> None:
     """Every image of the coarsest scale must still be 32 px on its short side (relu5_1 needs four poolings)."""
-    # The server's own schedule (scales unset) adds scales only while every image stays large enough: here its
+    # One scale, or the server's own schedule (coarse_to_fine), which adds scales only while every image stays large
+    # enough: here its
     # coarsest scale is checked as the output size itself.
     scales = options.scales or 1
     _check_side("options.scales", scale_sizes(size, scales)[0], f"the coarsest of {scales} scales")

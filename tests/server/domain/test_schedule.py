@@ -1,5 +1,5 @@
-"""The coarse-to-fine schedule: sizes and budgets per scale, state carried across scales, min_improvement, and
-the reason a job gives for stopping."""
+"""The schedule of scales: one by default, or coarse to fine with sizes and budgets per scale; state carried
+across scales, min_improvement, and the reason a job gives for stopping."""
 
 from __future__ import annotations
 
@@ -33,9 +33,13 @@ def _equivalents(plans: list[ScalePlan], size: tuple[int, int]) -> float:
 
 
 class TestSchedule:
+    def test_the_default_is_one_scale_with_the_whole_budget(self) -> None:
+        """Neither scales nor coarse_to_fine: Gatys et al.'s single scale, at the output's size."""
+        assert schedule((512, 384), Options(max_evaluations=300)) == [ScalePlan((512, 384), 300)]
+
     def test_server_schedule_halves_down_to_128_px(self) -> None:
-        """Unset scales: sizes halve from the output's while the longest side stays at least 128 px."""
-        rv = schedule((512, 384), Options(max_evaluations=300))
+        """coarse_to_fine: sizes halve from the output's while the longest side stays at least 128 px."""
+        rv = schedule((512, 384), Options(max_evaluations=300, coarse_to_fine=True))
         assert [plan.size for plan in rv] == [(128, 96), (256, 192), (512, 384)]
 
     def test_scale_count_follows_the_size(self) -> None:
@@ -52,7 +56,7 @@ class TestSchedule:
     def test_budgets_grow_geometrically_and_fit_the_full_size_budget(self) -> None:
         """Each coarser scale gets AUTO_GROWTH times the next one's evaluations; weighted by pixels they fit."""
         size = (512, 384)
-        rv = schedule(size, Options(max_evaluations=300))
+        rv = schedule(size, Options(max_evaluations=300, coarse_to_fine=True))
         budgets = [plan.evaluations for plan in rv]
         assert len(budgets) == 3
         for coarse, fine in itertools.pairwise(budgets):
@@ -61,12 +65,12 @@ class TestSchedule:
 
     def test_a_single_scale_gets_the_whole_budget(self) -> None:
         """Below two scales' worth of size, the one scale has max_evaluations evaluations."""
-        assert schedule((64, 48), Options(max_evaluations=7)) == [ScalePlan((64, 48), 7)]
+        assert schedule((64, 48), Options(max_evaluations=7, coarse_to_fine=True)) == [ScalePlan((64, 48), 7)]
 
     @pytest.mark.parametrize("budget", [1, 2, 3, 5])
     def test_tiny_budgets_drop_scales_rather_than_overspend(self, budget: int) -> None:
         """When every scale cannot get an evaluation within the budget, coarse scales go, never the budget."""
-        rv = schedule((512, 384), Options(max_evaluations=budget))
+        rv = schedule((512, 384), Options(max_evaluations=budget, coarse_to_fine=True))
         assert all(plan.evaluations >= 1 for plan in rv)
         assert rv[-1].size == (512, 384)
         assert _equivalents(rv, (512, 384)) <= budget
@@ -152,7 +156,7 @@ def test_server_schedule_runs_its_plan_and_counts_both_ways(
     """With the coarsest side lowered to 48 px, a 96 px job runs 2 scales as planned; Result counts every
     evaluation and their full-size equivalents, within max_evaluations."""
     monkeypatch.setattr(schedule_module, "AUTO_COARSEST_SIDE_PX", 48)
-    result, events = _run(graphs, _job((96, 72), max_evaluations=6))
+    result, events = _run(graphs, _job((96, 72), max_evaluations=6, coarse_to_fine=True))
     scales = [event for event in events if isinstance(event, ScaleStarted)]
     # 6 = last * (1 + AUTO_GROWTH / 4): the coarse scale gets floor(0.75 * 5.05) = 3, the last what is left, 5
     assert [(s.width, s.height, s.max_evaluations) for s in scales] == [(48, 36, 3), (96, 72, 5)]
@@ -198,7 +202,7 @@ def test_without_min_improvement_the_budget_is_the_reason(graphs: LossGraphs) ->
     assert (result.stop_reason, result.evaluations, result.full_size_evaluations) == (StopReason.BUDGET, 4, 4.0)
 
 
-def test_options_default_to_the_server_schedule_and_no_plateau() -> None:
-    """Options() leaves scales to the server and min_improvement off."""
-    assert (Options().scales, Options().min_improvement) == (0, 0.0)
+def test_options_default_to_one_scale_and_no_plateau() -> None:
+    """Options() runs one scale (scales unset, coarse_to_fine off) and leaves min_improvement off."""
+    assert (Options().scales, Options().coarse_to_fine, Options().min_improvement) == (0, False, 0.0)
     assert dataclasses.replace(Options(), scales=1).scales == 1

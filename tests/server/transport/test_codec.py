@@ -67,9 +67,9 @@ def test_unset_options_are_the_documented_defaults() -> None:
     assert (options.max_side_px, options.max_evaluations) == (256, 50)  # 512 and 300, each capped by the limit
     assert (options.optimizer, options.learning_rate, options.lbfgs_history) == (Optimizer.LBFGS, 0.02, 10)
     assert options.loss_weights == MANIFEST.default_loss_weights
-    assert (options.init, options.seed, options.preview_every) == (Init.CONTENT, 0, 0)
+    assert (options.init, options.seed, options.preview_every) == (Init.MATCHED, 0, 0)
     assert (options.output_format, options.colour_preservation) == (ImageFormat.PNG, ColourPreservation.NONE)
-    assert (options.scales, options.coarse_evaluations) == (0, 0)  # 0 scales: the server's own schedule
+    assert (options.scales, options.coarse_evaluations, options.coarse_to_fine) == (0, 0, False)  # one scale
     assert (options.content_layers, options.style_layers, options.style_layer_weights) == ((), (), ())
     assert (job.model, job.size) == ("first", (256, 192))
     assert job.content is not None
@@ -84,9 +84,9 @@ def test_defaults_below_the_limits_are_the_jobs_own() -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "styles", "init"), [(True, True, Init.CONTENT), (False, True, Init.NOISE), (True, False, Init.NOISE)]
+    ("content", "styles", "init"), [(True, True, Init.MATCHED), (False, True, Init.NOISE), (True, False, Init.NOISE)]
 )
-def test_unset_init_is_the_photo_only_with_a_photo_and_a_style(content: bool, styles: bool, init: Init) -> None:
+def test_unset_init_is_the_matched_photo_only_with_a_photo_and_a_style(content: bool, styles: bool, init: Init) -> None:
     assert _job(_request(b"" if not content else None, styles=int(styles))).options.init is init
 
 
@@ -138,6 +138,7 @@ BAD: dict[str, tuple[pb.StylizeRequest, str]] = {
     "texture-too-small": (_request(b"", width_px=16), "options.width_px: 16 is out of range; allowed 32 to 256"),
     "texture-too-tall": (_request(b"", height_px=300), "options.height_px: 300 is out of range"),
     "init-content-without-content": (_request(b"", init=pb.INIT_CONTENT), "options.init: INIT_CONTENT needs a content"),
+    "coarse-to-fine-with-scales": (_request(coarse_to_fine=True, scales=2), "options.coarse_to_fine: the server's own"),
     "init-matched-without-content": (_request(b"", init=pb.INIT_MATCHED), "options.init: INIT_MATCHED needs a content"),
     "init-matched-without-style": (_request(styles=0, init=pb.INIT_MATCHED), "options.init: INIT_MATCHED needs a"),
     "init-image-missing": (_request(init=pb.INIT_IMAGE), "options.init_image: give it exactly when"),

@@ -29,7 +29,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nst/v1/style_transfer.proto.
  */
 export const file_nst_v1_style_transfer: GenFile = /*@__PURE__*/
-  fileDesc("Chtuc3QvdjEvc3R5bGVfdHJhbnNmZXIucHJvdG8SBm5zdC52MSKJAQoOU3R5bGl6ZVJlcXVlc3QSFQoNY29udGVudF9pbWFnZRgBIAEoDBIoCgxzdHlsZV9pbWFnZXMYAiADKAsyEi5uc3QudjEuU3R5bGVJbWFnZRInCgdvcHRpb25zGAMgASgLMhYubnN0LnYxLlN0eWxpemVPcHRpb25zEg0KBW1vZGVsGAQgASgJIogBCgpTdHlsZUltYWdlEg0KBWltYWdlGAEgASgMEhkKDGJsZW5kX3dlaWdodBgCIAEoAUgAiAEBEhIKBXNjYWxlGAMgASgBSAGIAQESDAoEbWFzaxgEIAEoDBITCgtzb3VyY2VfbWFzaxgFIAEoDEIPCg1fYmxlbmRfd2VpZ2h0QggKBl9zY2FsZSLgBQoOU3R5bGl6ZU9wdGlvbnMSEwoLbWF4X3NpZGVfcHgYASABKA0SFwoPbWF4X2V2YWx1YXRpb25zGAIgASgNEiQKCW9wdGltaXplchgDIAEoDjIRLm5zdC52MS5PcHRpbWl6ZXISGgoNbGVhcm5pbmdfcmF0ZRgEIAEoAUgAiAEBEhsKDmNvbnRlbnRfd2VpZ2h0GAUgASgBSAGIAQESGQoMc3R5bGVfd2VpZ2h0GAYgASgBSAKIAQESFgoJdHZfd2VpZ2h0GAcgASgBSAOIAQESGgoEaW5pdBgIIAEoDjIMLm5zdC52MS5Jbml0EgwKBHNlZWQYCSABKAQSFQoNcHJldmlld19ldmVyeRgKIAEoDRIqCg1vdXRwdXRfZm9ybWF0GAsgASgOMhMubnN0LnYxLkltYWdlRm9ybWF0EhUKDWxiZmdzX2hpc3RvcnkYDCABKA0SNwoTY29sb3VyX3ByZXNlcnZhdGlvbhgUIAEoDjIaLm5zdC52MS5Db2xvdXJQcmVzZXJ2YXRpb24SDgoGc2NhbGVzGBUgASgNEhoKEmNvYXJzZV9ldmFsdWF0aW9ucxgWIAEoDRISCgppbml0X2ltYWdlGBcgASgMEhYKDmNvbnRlbnRfbGF5ZXJzGBggAygJEhQKDHN0eWxlX2xheWVycxgZIAMoCRIbChNzdHlsZV9sYXllcl93ZWlnaHRzGBogAygBEhAKCHdpZHRoX3B4GBsgASgNEhEKCWhlaWdodF9weBgcIAEoDRIcCg9taW5faW1wcm92ZW1lbnQYHSABKAFIBIgBARIQCgh0aWxlYWJsZRgfIAEoCBIZChFjb250ZW50X29ubHlfbWFzaxggIAEoDEIQCg5fbGVhcm5pbmdfcmF0ZUIRCg9fY29udGVudF93ZWlnaHRCDwoNX3N0eWxlX3dlaWdodEIMCgpfdHZfd2VpZ2h0QhIKEF9taW5faW1wcm92ZW1lbnQigQIKD1N0eWxpemVSZXNwb25zZRIjCgZxdWV1ZWQYASABKAsyES5uc3QudjEuSm9iUXVldWVkSAASJQoHc3RhcnRlZBgCIAEoCzISLm5zdC52MS5Kb2JTdGFydGVkSAASJAoIcHJvZ3Jlc3MYAyABKAsyEC5uc3QudjEuUHJvZ3Jlc3NIABIiCgdwcmV2aWV3GAQgASgLMg8ubnN0LnYxLlByZXZpZXdIABIgCgZyZXN1bHQYBSABKAsyDi5uc3QudjEuUmVzdWx0SAASLQoNc2NhbGVfc3RhcnRlZBgGIAEoCzIULm5zdC52MS5TY2FsZVN0YXJ0ZWRIAEIHCgVldmVudCItCglKb2JRdWV1ZWQSDgoGam9iX2lkGAEgASgJEhAKCHBvc2l0aW9uGAIgASgNIqkBCgpKb2JTdGFydGVkEg4KBmpvYl9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRINCgV3aWR0aBgDIAEoDRIOCgZoZWlnaHQYBCABKA0SFwoPbWF4X2V2YWx1YXRpb25zGAUgASgNEiQKCW9wdGltaXplchgGIAEoDjIRLm5zdC52MS5PcHRpbWl6ZXISDgoGZGV2aWNlGAcgASgJEg4KBnNjYWxlcxgIIAEoDSJlCgxTY2FsZVN0YXJ0ZWQSDQoFc2NhbGUYASABKA0SDgoGc2NhbGVzGAIgASgNEg0KBXdpZHRoGAMgASgNEg4KBmhlaWdodBgEIAEoDRIXCg9tYXhfZXZhbHVhdGlvbnMYBSABKA0iQwoGTG9zc2VzEg0KBXRvdGFsGAEgASgBEg8KB2NvbnRlbnQYAiABKAESDQoFc3R5bGUYAyABKAESCgoCdHYYBCABKAEiZQoIUHJvZ3Jlc3MSEQoJaXRlcmF0aW9uGAEgASgNEhMKC2V2YWx1YXRpb25zGAIgASgNEh4KBmxvc3NlcxgDIAEoCzIOLm5zdC52MS5Mb3NzZXMSEQoJZWxhcHNlZF9zGAQgASgBIlAKB1ByZXZpZXcSEQoJaXRlcmF0aW9uGAEgASgNEg0KBWltYWdlGAIgASgMEiMKBmZvcm1hdBgDIAEoDjITLm5zdC52MS5JbWFnZUZvcm1hdCKGAQoHVGltaW5ncxIQCghxdWV1ZWRfcxgBIAEoARIQCgh3YXJtdXBfcxgCIAEoARISCgpvcHRpbWlzZV9zGAMgASgBEg8KB3RvdGFsX3MYBCABKAESEgoKZXZhbHVhdGVfcxgFIAEoARIOCgZzdGVwX3MYBiABKAESDgoGaG9zdF9zGAcgASgBIo4CCgZSZXN1bHQSDQoFaW1hZ2UYASABKAwSIwoGZm9ybWF0GAIgASgOMhMubnN0LnYxLkltYWdlRm9ybWF0Eg0KBXdpZHRoGAMgASgNEg4KBmhlaWdodBgEIAEoDRIeCgZsb3NzZXMYBSABKAsyDi5uc3QudjEuTG9zc2VzEhIKCml0ZXJhdGlvbnMYBiABKA0SEwoLZXZhbHVhdGlvbnMYByABKA0SIAoHdGltaW5ncxgIIAEoCzIPLm5zdC52MS5UaW1pbmdzEicKC3N0b3BfcmVhc29uGAkgASgOMhIubnN0LnYxLlN0b3BSZWFzb24SHQoVZnVsbF9zaXplX2V2YWx1YXRpb25zGAogASgBIhYKFERlc2NyaWJlTW9kZWxSZXF1ZXN0IloKFURlc2NyaWJlTW9kZWxSZXNwb25zZRIhCgZtb2RlbHMYASADKAsyES5uc3QudjEuTW9kZWxJbmZvEh4KBmxpbWl0cxgCIAEoCzIOLm5zdC52MS5MaW1pdHMizgIKCU1vZGVsSW5mbxIMCgRuYW1lGAEgASgJEg8KB3dlaWdodHMYAiABKAkSFgoOd2VpZ2h0c19zaGEyNTYYAyABKAkSDwoHcG9vbGluZxgEIAEoCRIVCg1wcmVwcm9jZXNzaW5nGAUgASgJEhYKDmNvbnRlbnRfbGF5ZXJzGAYgAygJEhQKDHN0eWxlX2xheWVycxgHIAMoCRIeChZkZWZhdWx0X2NvbnRlbnRfd2VpZ2h0GAggASgBEhwKFGRlZmF1bHRfc3R5bGVfd2VpZ2h0GAkgASgBEhkKEWRlZmF1bHRfdHZfd2VpZ2h0GAogASgBEg4KBmRldmljZRgLIAEoCRINCgVvcHNldBgMIAEoAxIQCghleHBvcnRlchgNIAEoCRIOCgZyZWNpcGUYDiABKAkSEQoEc2VlZBgPIAEoBEgAiAEBQgcKBV9zZWVkIqQBCgZMaW1pdHMSEgoKbWF4X3BpeGVscxgBIAEoBBIZChFtYXhfbWVzc2FnZV9ieXRlcxgCIAEoBBISCgptYXhfc3R5bGVzGAMgASgNEhcKD21heF9ldmFsdWF0aW9ucxgEIAEoDRIWCg5tYXhfY29uY3VycmVudBgFIAEoDRIRCgltYXhfcXVldWUYBiABKA0SEwoLbWF4X3JlZ2lvbnMYByABKA0qnQEKEkNvbG91clByZXNlcnZhdGlvbhIjCh9DT0xPVVJfUFJFU0VSVkFUSU9OX1VOU1BFQ0lGSUVEEAASHAoYQ09MT1VSX1BSRVNFUlZBVElPTl9OT05FEAESIQodQ09MT1VSX1BSRVNFUlZBVElPTl9MVU1JTkFOQ0UQAhIhCh1DT0xPVVJfUFJFU0VSVkFUSU9OX0hJU1RPR1JBTRADKk8KCU9wdGltaXplchIZChVPUFRJTUlaRVJfVU5TUEVDSUZJRUQQABITCg9PUFRJTUlaRVJfTEJGR1MQARISCg5PUFRJTUlaRVJfQURBTRACKm8KBEluaXQSFAoQSU5JVF9VTlNQRUNJRklFRBAAEhAKDElOSVRfQ09OVEVOVBABEg0KCUlOSVRfR1JBWRACEg4KCklOSVRfTk9JU0UQAxIOCgpJTklUX0lNQUdFEAQSEAoMSU5JVF9NQVRDSEVEEAUqbwoLSW1hZ2VGb3JtYXQSHAoYSU1BR0VfRk9STUFUX1VOU1BFQ0lGSUVEEAASFAoQSU1BR0VfRk9STUFUX1BORxABEhUKEUlNQUdFX0ZPUk1BVF9KUEVHEAISFQoRSU1BR0VfRk9STUFUX1dFQlAQAypcCgpTdG9wUmVhc29uEhsKF1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSU1RPUF9SRUFTT05fQlVER0VUEAESGQoVU1RPUF9SRUFTT05fQ09OVkVSR0VEEAIyogEKFFN0eWxlVHJhbnNmZXJTZXJ2aWNlEjwKB1N0eWxpemUSFi5uc3QudjEuU3R5bGl6ZVJlcXVlc3QaFy5uc3QudjEuU3R5bGl6ZVJlc3BvbnNlMAESTAoNRGVzY3JpYmVNb2RlbBIcLm5zdC52MS5EZXNjcmliZU1vZGVsUmVxdWVzdBodLm5zdC52MS5EZXNjcmliZU1vZGVsUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("Chtuc3QvdjEvc3R5bGVfdHJhbnNmZXIucHJvdG8SBm5zdC52MSKJAQoOU3R5bGl6ZVJlcXVlc3QSFQoNY29udGVudF9pbWFnZRgBIAEoDBIoCgxzdHlsZV9pbWFnZXMYAiADKAsyEi5uc3QudjEuU3R5bGVJbWFnZRInCgdvcHRpb25zGAMgASgLMhYubnN0LnYxLlN0eWxpemVPcHRpb25zEg0KBW1vZGVsGAQgASgJIogBCgpTdHlsZUltYWdlEg0KBWltYWdlGAEgASgMEhkKDGJsZW5kX3dlaWdodBgCIAEoAUgAiAEBEhIKBXNjYWxlGAMgASgBSAGIAQESDAoEbWFzaxgEIAEoDBITCgtzb3VyY2VfbWFzaxgFIAEoDEIPCg1fYmxlbmRfd2VpZ2h0QggKBl9zY2FsZSL4BQoOU3R5bGl6ZU9wdGlvbnMSEwoLbWF4X3NpZGVfcHgYASABKA0SFwoPbWF4X2V2YWx1YXRpb25zGAIgASgNEiQKCW9wdGltaXplchgDIAEoDjIRLm5zdC52MS5PcHRpbWl6ZXISGgoNbGVhcm5pbmdfcmF0ZRgEIAEoAUgAiAEBEhsKDmNvbnRlbnRfd2VpZ2h0GAUgASgBSAGIAQESGQoMc3R5bGVfd2VpZ2h0GAYgASgBSAKIAQESFgoJdHZfd2VpZ2h0GAcgASgBSAOIAQESGgoEaW5pdBgIIAEoDjIMLm5zdC52MS5Jbml0EgwKBHNlZWQYCSABKAQSFQoNcHJldmlld19ldmVyeRgKIAEoDRIqCg1vdXRwdXRfZm9ybWF0GAsgASgOMhMubnN0LnYxLkltYWdlRm9ybWF0EhUKDWxiZmdzX2hpc3RvcnkYDCABKA0SNwoTY29sb3VyX3ByZXNlcnZhdGlvbhgUIAEoDjIaLm5zdC52MS5Db2xvdXJQcmVzZXJ2YXRpb24SDgoGc2NhbGVzGBUgASgNEhoKEmNvYXJzZV9ldmFsdWF0aW9ucxgWIAEoDRISCgppbml0X2ltYWdlGBcgASgMEhYKDmNvbnRlbnRfbGF5ZXJzGBggAygJEhQKDHN0eWxlX2xheWVycxgZIAMoCRIbChNzdHlsZV9sYXllcl93ZWlnaHRzGBogAygBEhAKCHdpZHRoX3B4GBsgASgNEhEKCWhlaWdodF9weBgcIAEoDRIcCg9taW5faW1wcm92ZW1lbnQYHSABKAFIBIgBARIQCgh0aWxlYWJsZRgfIAEoCBIZChFjb250ZW50X29ubHlfbWFzaxggIAEoDBIWCg5jb2Fyc2VfdG9fZmluZRghIAEoCEIQCg5fbGVhcm5pbmdfcmF0ZUIRCg9fY29udGVudF93ZWlnaHRCDwoNX3N0eWxlX3dlaWdodEIMCgpfdHZfd2VpZ2h0QhIKEF9taW5faW1wcm92ZW1lbnQigQIKD1N0eWxpemVSZXNwb25zZRIjCgZxdWV1ZWQYASABKAsyES5uc3QudjEuSm9iUXVldWVkSAASJQoHc3RhcnRlZBgCIAEoCzISLm5zdC52MS5Kb2JTdGFydGVkSAASJAoIcHJvZ3Jlc3MYAyABKAsyEC5uc3QudjEuUHJvZ3Jlc3NIABIiCgdwcmV2aWV3GAQgASgLMg8ubnN0LnYxLlByZXZpZXdIABIgCgZyZXN1bHQYBSABKAsyDi5uc3QudjEuUmVzdWx0SAASLQoNc2NhbGVfc3RhcnRlZBgGIAEoCzIULm5zdC52MS5TY2FsZVN0YXJ0ZWRIAEIHCgVldmVudCItCglKb2JRdWV1ZWQSDgoGam9iX2lkGAEgASgJEhAKCHBvc2l0aW9uGAIgASgNIqkBCgpKb2JTdGFydGVkEg4KBmpvYl9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRINCgV3aWR0aBgDIAEoDRIOCgZoZWlnaHQYBCABKA0SFwoPbWF4X2V2YWx1YXRpb25zGAUgASgNEiQKCW9wdGltaXplchgGIAEoDjIRLm5zdC52MS5PcHRpbWl6ZXISDgoGZGV2aWNlGAcgASgJEg4KBnNjYWxlcxgIIAEoDSJlCgxTY2FsZVN0YXJ0ZWQSDQoFc2NhbGUYASABKA0SDgoGc2NhbGVzGAIgASgNEg0KBXdpZHRoGAMgASgNEg4KBmhlaWdodBgEIAEoDRIXCg9tYXhfZXZhbHVhdGlvbnMYBSABKA0iQwoGTG9zc2VzEg0KBXRvdGFsGAEgASgBEg8KB2NvbnRlbnQYAiABKAESDQoFc3R5bGUYAyABKAESCgoCdHYYBCABKAEiZQoIUHJvZ3Jlc3MSEQoJaXRlcmF0aW9uGAEgASgNEhMKC2V2YWx1YXRpb25zGAIgASgNEh4KBmxvc3NlcxgDIAEoCzIOLm5zdC52MS5Mb3NzZXMSEQoJZWxhcHNlZF9zGAQgASgBIlAKB1ByZXZpZXcSEQoJaXRlcmF0aW9uGAEgASgNEg0KBWltYWdlGAIgASgMEiMKBmZvcm1hdBgDIAEoDjITLm5zdC52MS5JbWFnZUZvcm1hdCKGAQoHVGltaW5ncxIQCghxdWV1ZWRfcxgBIAEoARIQCgh3YXJtdXBfcxgCIAEoARISCgpvcHRpbWlzZV9zGAMgASgBEg8KB3RvdGFsX3MYBCABKAESEgoKZXZhbHVhdGVfcxgFIAEoARIOCgZzdGVwX3MYBiABKAESDgoGaG9zdF9zGAcgASgBIo4CCgZSZXN1bHQSDQoFaW1hZ2UYASABKAwSIwoGZm9ybWF0GAIgASgOMhMubnN0LnYxLkltYWdlRm9ybWF0Eg0KBXdpZHRoGAMgASgNEg4KBmhlaWdodBgEIAEoDRIeCgZsb3NzZXMYBSABKAsyDi5uc3QudjEuTG9zc2VzEhIKCml0ZXJhdGlvbnMYBiABKA0SEwoLZXZhbHVhdGlvbnMYByABKA0SIAoHdGltaW5ncxgIIAEoCzIPLm5zdC52MS5UaW1pbmdzEicKC3N0b3BfcmVhc29uGAkgASgOMhIubnN0LnYxLlN0b3BSZWFzb24SHQoVZnVsbF9zaXplX2V2YWx1YXRpb25zGAogASgBIhYKFERlc2NyaWJlTW9kZWxSZXF1ZXN0IloKFURlc2NyaWJlTW9kZWxSZXNwb25zZRIhCgZtb2RlbHMYASADKAsyES5uc3QudjEuTW9kZWxJbmZvEh4KBmxpbWl0cxgCIAEoCzIOLm5zdC52MS5MaW1pdHMizgIKCU1vZGVsSW5mbxIMCgRuYW1lGAEgASgJEg8KB3dlaWdodHMYAiABKAkSFgoOd2VpZ2h0c19zaGEyNTYYAyABKAkSDwoHcG9vbGluZxgEIAEoCRIVCg1wcmVwcm9jZXNzaW5nGAUgASgJEhYKDmNvbnRlbnRfbGF5ZXJzGAYgAygJEhQKDHN0eWxlX2xheWVycxgHIAMoCRIeChZkZWZhdWx0X2NvbnRlbnRfd2VpZ2h0GAggASgBEhwKFGRlZmF1bHRfc3R5bGVfd2VpZ2h0GAkgASgBEhkKEWRlZmF1bHRfdHZfd2VpZ2h0GAogASgBEg4KBmRldmljZRgLIAEoCRINCgVvcHNldBgMIAEoAxIQCghleHBvcnRlchgNIAEoCRIOCgZyZWNpcGUYDiABKAkSEQoEc2VlZBgPIAEoBEgAiAEBQgcKBV9zZWVkIqQBCgZMaW1pdHMSEgoKbWF4X3BpeGVscxgBIAEoBBIZChFtYXhfbWVzc2FnZV9ieXRlcxgCIAEoBBISCgptYXhfc3R5bGVzGAMgASgNEhcKD21heF9ldmFsdWF0aW9ucxgEIAEoDRIWCg5tYXhfY29uY3VycmVudBgFIAEoDRIRCgltYXhfcXVldWUYBiABKA0SEwoLbWF4X3JlZ2lvbnMYByABKA0qnQEKEkNvbG91clByZXNlcnZhdGlvbhIjCh9DT0xPVVJfUFJFU0VSVkFUSU9OX1VOU1BFQ0lGSUVEEAASHAoYQ09MT1VSX1BSRVNFUlZBVElPTl9OT05FEAESIQodQ09MT1VSX1BSRVNFUlZBVElPTl9MVU1JTkFOQ0UQAhIhCh1DT0xPVVJfUFJFU0VSVkFUSU9OX0hJU1RPR1JBTRADKk8KCU9wdGltaXplchIZChVPUFRJTUlaRVJfVU5TUEVDSUZJRUQQABITCg9PUFRJTUlaRVJfTEJGR1MQARISCg5PUFRJTUlaRVJfQURBTRACKm8KBEluaXQSFAoQSU5JVF9VTlNQRUNJRklFRBAAEhAKDElOSVRfQ09OVEVOVBABEg0KCUlOSVRfR1JBWRACEg4KCklOSVRfTk9JU0UQAxIOCgpJTklUX0lNQUdFEAQSEAoMSU5JVF9NQVRDSEVEEAUqbwoLSW1hZ2VGb3JtYXQSHAoYSU1BR0VfRk9STUFUX1VOU1BFQ0lGSUVEEAASFAoQSU1BR0VfRk9STUFUX1BORxABEhUKEUlNQUdFX0ZPUk1BVF9KUEVHEAISFQoRSU1BR0VfRk9STUFUX1dFQlAQAypcCgpTdG9wUmVhc29uEhsKF1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSU1RPUF9SRUFTT05fQlVER0VUEAESGQoVU1RPUF9SRUFTT05fQ09OVkVSR0VEEAIyogEKFFN0eWxlVHJhbnNmZXJTZXJ2aWNlEjwKB1N0eWxpemUSFi5uc3QudjEuU3R5bGl6ZVJlcXVlc3QaFy5uc3QudjEuU3R5bGl6ZVJlc3BvbnNlMAESTAoNRGVzY3JpYmVNb2RlbBIcLm5zdC52MS5EZXNjcmliZU1vZGVsUmVxdWVzdBodLm5zdC52MS5EZXNjcmliZU1vZGVsUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * One style transfer job.
@@ -174,11 +174,11 @@ export type StylizeOptions = Message<"nst.v1.StylizeOptions"> & {
 
   /**
    * Budget, counted in loss+gradient evaluations (L-BFGS may evaluate more
-   * than once per iteration; Adam evaluates exactly once). With `scales`
-   * unset (the server's coarse-to-fine schedule) it counts full-size-
-   * equivalent evaluations: each evaluation weighted by its scale's pixel
-   * count over the output's, summed over all scales (`Result` reports both
-   * counts). With `scales` set, it is the last scale's evaluations (see
+   * than once per iteration; Adam evaluates exactly once). With
+   * `coarse_to_fine` (the server's coarse-to-fine schedule) it counts full-
+   * size-equivalent evaluations: each evaluation weighted by its scale's
+   * pixel count over the output's, summed over all scales (`Result` reports
+   * both counts). With `scales` set, it is the last scale's evaluations (see
    * `coarse_evaluations`). 0 (unset): 300, or `Limits.max_evaluations` if
    * that is lower. At most `Limits.max_evaluations`.
    *
@@ -229,7 +229,8 @@ export type StylizeOptions = Message<"nst.v1.StylizeOptions"> & {
   tvWeight?: number | undefined;
 
   /**
-   * The image the optimisation starts from. Unspecified: the content image.
+   * The image the optimisation starts from. Unspecified: `INIT_MATCHED` when
+   * the request has a content image and a style image, else `INIT_NOISE`.
    *
    * @generated from field: nst.v1.Init init = 8;
    */
@@ -277,13 +278,12 @@ export type StylizeOptions = Message<"nst.v1.StylizeOptions"> & {
    * Number of scales of a coarse-to-fine run: the first at 1/sqrt(2)^(n-1) of
    * `max_side_px`, each next sqrt(2) larger, the last at `max_side_px`; each
    * scale starts from the previous result, upsampled. 1: a single scale. The
-   * smallest scale must keep 32 px on the short side. 0 (unset): the
-   * server's schedule, which reaches a given loss in fewer full-size
-   * evaluations: sizes halving from the output's while the longest side
-   * stays at least 128 px (and every image's shortest side at least 32 px),
-   * each coarser scale given 3/4 of the evaluations of the next, within
-   * `max_evaluations` counted as full-size equivalents. Its sizes and budgets
-   * are announced in `ScaleStarted`.
+   * smallest scale must keep 32 px on the short side. 0 (unset): one scale,
+   * as in Gatys et al., or the server's schedule with `coarse_to_fine`. On
+   * losses dominated by the style (Gram) terms, as with trained weights, one
+   * scale from `INIT_MATCHED` reached a given loss in the fewest full-size
+   * evaluations, and coarse to fine ended above it (BENCHMARKS.md, "Time to
+   * quality").
    *
    * @generated from field: uint32 scales = 21;
    */
@@ -387,6 +387,20 @@ export type StylizeOptions = Message<"nst.v1.StylizeOptions"> & {
    * @generated from field: bytes content_only_mask = 32;
    */
   contentOnlyMask: Uint8Array;
+
+  /**
+   * The server's coarse-to-fine schedule: sizes halving from the output's
+   * while the longest side stays at least 128 px (and every image's shortest
+   * side at least 32 px), each coarser scale given 3/4 of the evaluations of
+   * the next, within `max_evaluations` counted as full-size equivalents; its
+   * sizes and budgets are announced in `ScaleStarted`. It smooths fastest
+   * where the total-variation term dominates the loss, but where the style
+   * terms dominate it ends above one scale at the same budget. Unset (the
+   * default): false. Not with `scales` set.
+   *
+   * @generated from field: bool coarse_to_fine = 33;
+   */
+  coarseToFine: boolean;
 };
 
 /**
@@ -879,7 +893,7 @@ export type Result = Message<"nst.v1.Result"> & {
 
   /**
    * `evaluations` weighted by each scale's pixel count over the output's:
-   * what `StylizeOptions.max_evaluations` counts for the server's schedule.
+   * what `StylizeOptions.max_evaluations` counts with `coarse_to_fine`.
    * Equal to `evaluations` for a single scale.
    *
    * @generated from field: double full_size_evaluations = 10;
@@ -1212,7 +1226,8 @@ export const OptimizerSchema: GenEnum<Optimizer> = /*@__PURE__*/
  */
 export enum Init {
   /**
-   * The default: the content image.
+   * The default: `INIT_MATCHED` when the request has a content image and a
+   * style image, `INIT_NOISE` otherwise.
    *
    * @generated from enum value: INIT_UNSPECIFIED = 0;
    */
@@ -1251,7 +1266,9 @@ export enum Init {
    * The content image with its colours linearly mapped onto the style
    * images' mean and covariance (pooled by `StyleImage.blend_weight`, as the
    * style targets see them under `colour_preservation`): the painting's
-   * palette from the first iteration. Needs a content and a style image.
+   * palette from the first iteration, so that the evaluations go to strokes
+   * and texture. The default when the request has a content and a style
+   * image; refused without either.
    *
    * @generated from enum value: INIT_MATCHED = 5;
    */
