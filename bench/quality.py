@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             server = start_server([model], "--threads", str(args.threads))
             try:
                 with StyleClient(server.address) as client:
-                    for _ in client.stylize(*pairs[0], max_side_px=64, max_evaluations=2):
+                    for _ in client.stylize(*pairs[0], max_side_px=128, max_evaluations=2):
                         pass  # connection and first-call costs
                     for content, style in pairs:
                         for spec in args.sizes:
