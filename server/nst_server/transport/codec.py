@@ -348,8 +348,7 @@ def _check_untiled(plan: JobPlan, tileable: bool) -> None:
 def _check_scales(size: tuple[int, int], style_sizes: Sequence[tuple[int, int]], options: Options) -> None:
     """Every image of the coarsest scale must still be 32 px on its short side (relu5_1 needs four poolings)."""
     # One scale, or the server's own schedule (coarse_to_fine), which adds scales only while every image stays large
-    # enough: here its
-    # coarsest scale is checked as the output size itself.
+    # enough: here the coarsest scale is checked as the output size itself.
     scales = options.scales or 1
     _check_side("options.scales", scale_sizes(size, scales)[0], f"the coarsest of {scales} scales")
     for index, style_size in enumerate(style_sizes):
