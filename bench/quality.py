@@ -353,15 +353,17 @@ def machine_of(entry: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]
     return about
 
 
+def case_key(entry: dict[str, Any], results: dict[str, Any]) -> tuple[str, str, int, str]:
+    """A case and the CPU it ran on: ``merge`` joins runs with equal keys, the reports sort by it."""
+    return (*entry_key(entry), machine_of(entry, results)["cpu"])
+
+
 def merge(results: dict[str, Any], other: dict[str, Any]) -> None:
     """``other``'s runs join those of the same case on the same CPU in ``results``; the rest are added as cases of
     their own, keeping their machine: ratios compare runs of one machine only."""
     for entry in other["sizes"]:
-        cpu = machine_of(entry, other)["cpu"]
-        same = next(
-            (e for e in results["sizes"] if entry_key(e) == entry_key(entry) and machine_of(e, results)["cpu"] == cpu),
-            None,
-        )
+        key = case_key(entry, other)
+        same = next((e for e in results["sizes"] if case_key(e, results) == key), None)
         if same is None:
             entry.setdefault("machine", other.get("machine"))
             results["sizes"].append(entry)
@@ -478,7 +480,7 @@ def table(results: dict[str, Any]) -> str:
     header += " reaches scipy-lbfgsb's final loss after s (ratio) | reaches torch-lbfgs's | reaches c2f-scipy's |"
     header += " machine (threads), load before → after |"
     lines = [header, "|" + "---|" * 11]
-    for entry in sorted(results["sizes"], key=lambda e: (*entry_key(e), machine_of(e, results)["cpu"])):
+    for entry in sorted(results["sizes"], key=lambda e: case_key(e, results)):
         runs = entry["runs"]
         peers = {name: run for name, run in runs.items() if run["kind"] == "peer"}
         loss, pair, side = entry_key(entry)
@@ -554,7 +556,7 @@ def render(results: dict[str, Any], out: Path, doc_path: Path = DOC) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = sorted(results["sizes"], key=lambda e: (*entry_key(e), machine_of(e, results)["cpu"]))
+    entries = sorted(results["sizes"], key=lambda e: case_key(e, results))
     columns = min(3, len(entries))
     rows = -(-len(entries) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.5 * rows), squeeze=False)
